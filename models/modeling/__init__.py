@@ -1,0 +1,9 @@
+"""PyTorch modules of the SAM family, named after the official state_dict keys."""
+
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .tiny_vit import TinyViT
+from .transformer import TwoWayTransformer
+
+__all__ = ["MaskDecoder", "PromptEncoder", "Sam", "TinyViT", "TwoWayTransformer"]

@@ -1,0 +1,1 @@
+"""OpenVINO IR export and NNCF post-training quantization (needs the ``[convert]`` extra)."""

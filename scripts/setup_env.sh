@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Fresh-machine set-up: a .venv in the repo with the CPU build of torch, then the package and all extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+# Exact pin first: a looser torch requirement would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e ".[all]"

@@ -1,0 +1,50 @@
+"""Shared fixtures: where ../shared lives, and small random-init checkpoints."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TINYSAM_SHARED", REPO.parent / "shared"))
+PARITY = SHARED / "fixtures" / "parity"
+DATA = SHARED / "data"
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test with a clear reason when a file from ../shared is not there."""
+    if not path.exists():
+        pytest.skip(f"{path} not found: this test needs the project's ../shared folder (set TINYSAM_SHARED to use another place)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """The official-parity fixture folder."""
+    return require(PARITY / "weights.pt").parent
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """A random-init vit_t model in eval mode (seeded, so every run builds the same one)."""
+    torch = pytest.importorskip("torch")
+    from tinysam_edge.models import build_sam
+
+    torch.manual_seed(0)
+    return build_sam("vit_t")
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(random_model, tmp_path_factory) -> Path:
+    """The random model saved as a plain state_dict in the official layout."""
+    from tinysam_edge.models import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "random_vit_t.pth"
+    save_checkpoint(random_model, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights_cache(tmp_path, monkeypatch):
+    """Never touch the user's weights cache from tests."""
+    monkeypatch.setenv("TINYSAM_EDGE_HOME", str(tmp_path / "weights-cache"))

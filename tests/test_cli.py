@@ -1,0 +1,101 @@
+"""The command line as a user runs it: results on success, one-line errors and exit 2 on bad input."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+
+def run_cli(*args: str, env_home=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinysam_edge", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    return path
+
+
+def test_runtime_never_imports_torch():
+    code = (
+        "import sys, tinysam_edge, tinysam_edge.cli, tinysam_edge.weights, tinysam_edge.visualize, tinysam_edge.masks;"
+        "tinysam_edge.cli.build_parser();"
+        "assert 'torch' not in sys.modules and 'nncf' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'nncf')))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_help_and_weights_list():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "segment" in result.stdout and "weights" in result.stdout
+    listing = run_cli("weights", "list")
+    assert listing.returncode == 0 and "tinysam_42.3.pth" in listing.stdout and "(default)" in listing.stdout
+
+
+def test_segment_writes_overlay_mask_and_json(image_file, random_checkpoint, tmp_path):
+    out, mask_out = tmp_path / "overlay.png", tmp_path / "mask.png"
+    result = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "80,60", "--point", "10,10,0", "--box", "20,20,150,110", "--out", out, "--mask-out", mask_out, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    overlay, mask = cv2.imread(str(out)), cv2.imread(str(mask_out), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (120, 160, 3) and mask.shape == (120, 160)
+    assert set(np.unique(mask)) <= {0, 255} and info["area"] == int((mask == 255).sum())
+    assert info["flavour"] == "tinysam" and 0 <= info["bbox_xywh"][0] < 160
+
+    again = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "80,60", "--out", out)
+    assert_user_error(again, "exists; pass --overwrite")
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--point", "80"], "--point X,Y[,LABEL]"),
+        (["--point", "80,sixty"], "comma-separated finite numbers"),
+        (["--point", "80,60,5"], "label must be 1"),
+        (["--point", "nan,60"], "finite"),
+        (["--box", "1,2,3"], "--box X0,Y0,X1,Y1"),
+    ],
+)
+def test_malformed_prompts(image_file, tmp_path, extra, fragment):
+    assert_user_error(run_cli("segment", image_file, *extra, "--out", tmp_path / "o.png"), fragment)
+
+
+def test_prompt_outside_image(image_file, random_checkpoint, tmp_path):
+    result = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "500,60", "--out", tmp_path / "o.png")
+    assert_user_error(result, "outside the 160x120 image")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_bad_image_file(tmp_path, random_checkpoint):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not really a jpeg")
+    assert_user_error(run_cli("segment", bad, "--checkpoint", random_checkpoint, "--point", "1,1", "--out", tmp_path / "o.png"), "cannot decode image")
+    assert_user_error(run_cli("segment", tmp_path / "nothing.jpg", "--point", "1,1", "--out", tmp_path / "o.png"), "image not found")
+
+
+def test_missing_or_wrong_checkpoint(image_file, tmp_path):
+    result = run_cli("segment", image_file, "--checkpoint", tmp_path / "missing.pth", "--point", "1,1", "--out", tmp_path / "o.png")
+    assert_user_error(result, "neither a file nor a known weights name")
+    wrong = tmp_path / "wrong.pth"
+    wrong.write_bytes(b"garbage")
+    assert_user_error(run_cli("segment", image_file, "--checkpoint", wrong, "--point", "1,1", "--out", tmp_path / "o.png"), "not a readable PyTorch checkpoint")
+
+
+def test_refuses_to_overwrite_input(image_file, random_checkpoint):
+    assert_user_error(run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "1,1", "--out", image_file, "--overwrite"), "is an input file")
+
+
+def test_no_prompt_and_bad_output_type(image_file, tmp_path):
+    assert_user_error(run_cli("segment", image_file, "--out", tmp_path / "o.png"), "at least one --point")
+    assert_user_error(run_cli("segment", image_file, "--point", "1,1", "--out", tmp_path / "o.txt"), "unsupported output type")

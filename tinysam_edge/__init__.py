@@ -1,0 +1,13 @@
+"""tinysam-edge: TinySAM on Intel edge devices.
+
+This package is the edge runtime (numpy, OpenCV, Pillow; never torch). The PyTorch side lives in
+``tinysam_edge.models`` and IR export / quantization in ``tinysam_edge.quantize``.
+"""
+
+from .errors import CheckpointError, TinySamError, WeightsError
+from .image import load_image, to_rgb_uint8
+from .predictor import PredictorBase
+
+__version__ = "0.1.0"
+
+__all__ = ["CheckpointError", "PredictorBase", "TinySamError", "WeightsError", "__version__", "load_image", "to_rgb_uint8"]

@@ -1,0 +1,62 @@
+"""Reading images and bringing arrays to the HxWx3 uint8 RGB form the models expect."""
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import TinySamError
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB (grayscale and alpha are converted by OpenCV)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinySamError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise TinySamError(f"cannot decode image {path} (corrupt or not an image format OpenCV reads)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def to_rgb_uint8(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
+    """Validate an image array and return it as contiguous HxWx3 uint8 RGB.
+
+    Grayscale (HxW or HxWx1) is replicated to three channels and a fourth (alpha) channel is dropped;
+    ``image_format="BGR"`` flips OpenCV-ordered channels.
+    """
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (0..255), got {image.dtype}; convert it, e.g. (img * 255).round().astype(np.uint8) for 0..1 floats")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty, shape {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    image = image[:, :, :3]
+    if image_format == "BGR":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def save_image(path: str | Path, image: np.ndarray, overwrite: bool = False) -> None:
+    """Write an RGB (HxWx3) or single-channel uint8 image atomically; the format follows the extension."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise TinySamError(f"{path} exists; pass --overwrite to replace it")
+    array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, encoded = cv2.imencode(path.suffix or ".png", array)
+    if not ok:
+        raise TinySamError(f"cannot encode an image as {path.suffix!r}; use .png or .jpg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(encoded.tobytes())
+    os.replace(tmp, path)
