@@ -48,3 +48,25 @@ def random_checkpoint(random_model, tmp_path_factory) -> Path:
 def _isolated_weights_cache(tmp_path, monkeypatch):
     """Never touch the user's weights cache from tests."""
     monkeypatch.setenv("TINYSAM_EDGE_HOME", str(tmp_path / "weights-cache"))
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(random_model, tmp_path_factory) -> Path:
+    """The random model exported to OpenVINO IR, with a small static batch to exercise chunking."""
+    pytest.importorskip("openvino")
+    from tinysam_edge.quantize.export import export_ir
+
+    out = tmp_path_factory.mktemp("ir_random")
+    export_ir(random_model, out, source_name="random_vit_t.pth", source_sha256="0" * 64, point_slots=8, static_batch=4, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def parity_model_dir(parity_dir, tmp_path_factory) -> Path:
+    """The parity-fixture weights exported to OpenVINO IR."""
+    pytest.importorskip("openvino")
+    from tinysam_edge.quantize.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("ir_parity") / "model"
+    export_checkpoint(parity_dir / "weights.pt", out, log=lambda *_: None)
+    return out

@@ -45,16 +45,64 @@ def test_help_and_weights_list():
 
 def test_segment_writes_overlay_mask_and_json(image_file, random_checkpoint, tmp_path):
     out, mask_out = tmp_path / "overlay.png", tmp_path / "mask.png"
-    result = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "80,60", "--point", "10,10,0", "--box", "20,20,150,110", "--out", out, "--mask-out", mask_out, "--json")
+    result = run_cli(
+        "segment", image_file, "--backend", "torch", "--checkpoint", random_checkpoint,
+        "--point", "80,60", "--point", "10,10,0", "--box", "20,20,150,110", "--out", out, "--mask-out", mask_out, "--json",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     overlay, mask = cv2.imread(str(out)), cv2.imread(str(mask_out), cv2.IMREAD_UNCHANGED)
     assert overlay.shape == (120, 160, 3) and mask.shape == (120, 160)
     assert set(np.unique(mask)) <= {0, 255} and info["area"] == int((mask == 255).sum())
-    assert info["flavour"] == "tinysam" and 0 <= info["bbox_xywh"][0] < 160
+    assert info["flavour"] == "tinysam" and info["backend"] == "torch eager, f32" and 0 <= info["bbox_xywh"][0] < 160
 
-    again = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "80,60", "--out", out)
+    again = run_cli("segment", image_file, "--backend", "torch", "--checkpoint", random_checkpoint, "--point", "80,60", "--out", out)
     assert_user_error(again, "exists; pass --overwrite")
+
+
+def test_segment_openvino_is_the_default(image_file, random_model_dir, tmp_path):
+    out = tmp_path / "ov.png"
+    result = run_cli("segment", image_file, "--model-dir", random_model_dir, "--point", "80,60", "--out", out, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["backend"] == "OpenVINO on CPU, f32" and set(info["timings_ms"]) == {"preprocess", "encoder", "decoder", "postprocess"}
+    assert cv2.imread(str(out)).shape == (120, 160, 3)
+    assert_user_error(run_cli("segment", image_file, "--model-dir", tmp_path, "--point", "1,1", "--out", tmp_path / "x.png"), "no manifest.json")
+    assert_user_error(run_cli("segment", image_file, "--model-dir", random_model_dir, "--device", "NPU", "--point", "1,1", "--out", tmp_path / "x.png"), "not available")
+
+
+def test_export_then_reuse_from_cache(image_file, random_checkpoint, tmp_path):
+    out_dir = tmp_path / "exported"
+    result = run_cli("export", "--checkpoint", random_checkpoint, "--out", out_dir)
+    assert result.returncode == 0, result.stderr
+    assert (out_dir / "manifest.json").is_file() and (out_dir / "decoder_static.xml").is_file()
+    assert_user_error(run_cli("export", "--checkpoint", random_checkpoint, "--out", out_dir), "not empty; pass --overwrite")
+
+    # a checkpoint (file or registry name) given to the OpenVINO backend is exported once into the cache
+    first = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "80,60", "--out", tmp_path / "a.png")
+    second = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "80,60", "--out", tmp_path / "b.png")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "exporting random_vit_t.pth" in first.stderr and "exporting" not in second.stderr
+
+
+def test_demo_writes_overlays_and_timings(image_file, random_model_dir, tmp_path):
+    result = run_cli("demo", image_file, "--model-dir", random_model_dir, "--out-dir", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    assert "OpenVINO on CPU, f32" in result.stdout and "encoder" in result.stdout and "decoder" in result.stdout
+    assert all(cv2.imread(str(tmp_path / "demo" / name)).shape == (120, 160, 3) for name in ("demo_point.png", "demo_box.png"))
+    assert_user_error(run_cli("demo", image_file, "--model-dir", random_model_dir, "--out-dir", tmp_path / "demo"), "exists; pass --overwrite")
+
+
+def test_quick_bench(random_model_dir, random_checkpoint, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--quick", "--model-dir", random_model_dir, "--checkpoint", random_checkpoint, "--rounds", "1", "--json-out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    names = list(report["results"])
+    assert names[0] == "torch eager f32" and any("f32" in n and "openvino" in n for n in names) and len(names) == 3
+    for r in report["results"].values():
+        assert r["encoder_ms"] > 0 and r["decoder_ms"] > 0 and r["encoder_ms_speedup_vs_torch"] > 0
+    assert "| torch eager f32 |" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -72,7 +120,7 @@ def test_malformed_prompts(image_file, tmp_path, extra, fragment):
 
 
 def test_prompt_outside_image(image_file, random_checkpoint, tmp_path):
-    result = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "500,60", "--out", tmp_path / "o.png")
+    result = run_cli("segment", image_file, "--backend", "torch", "--checkpoint", random_checkpoint, "--point", "500,60", "--out", tmp_path / "o.png")
     assert_user_error(result, "outside the 160x120 image")
     assert not (tmp_path / "o.png").exists()
 

@@ -6,7 +6,7 @@ import pytest
 
 from tinysam_edge.errors import TinySamError
 from tinysam_edge.image import load_image, save_image, to_rgb_uint8
-from tinysam_edge.prompts import check_prompts, encode_prompts
+from tinysam_edge.prompts import check_batch_prompts, check_prompts, encode_prompts
 from tinysam_edge.transforms import apply_coords
 
 SIZE = (100, 200)  # h, w
@@ -94,7 +94,33 @@ def test_bad_prompts(kwargs, message):
 
 def test_edges_are_inside():
     p = check_prompts([[0, 0], [200, 100]], [1, 0], [0, 0, 200, 100], np.zeros((256, 256)), SIZE)
-    assert p.point_labels.dtype == np.int64 and p.box.shape == (4,) and p.mask_input.shape == (1, 256, 256)
+    assert p.point_labels.dtype == np.int64 and p.point_coords.shape == (1, 2, 2)
+    assert p.boxes.shape == (1, 4) and p.mask_input.shape == (1, 256, 256)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(point_coords=np.zeros((2, 2)), point_labels=np.zeros(2)), r"shape \(B, N, 2\)"),
+        (dict(point_coords=np.zeros((2, 3, 2)), point_labels=np.zeros((2, 2))), "must have shape"),
+        (dict(point_coords=np.zeros((2, 1, 2)), point_labels=np.full((2, 1), 3)), "-1 \\(padding\\)"),
+        (dict(boxes=np.zeros(4)), r"shape \(B, 4\)"),
+        (dict(point_coords=np.zeros((2, 1, 2)), point_labels=np.ones((2, 1)), boxes=np.zeros((3, 4))), "2 prompt sets but boxes has 3"),
+        (dict(point_coords=np.full((1, 1, 2), 500.0), point_labels=np.ones((1, 1))), "outside"),
+        (dict(), "give point_coords"),
+    ],
+)
+def test_bad_batch_prompts(kwargs, message):
+    full = dict(point_coords=None, point_labels=None, boxes=None) | kwargs
+    with pytest.raises(ValueError, match=message):
+        check_batch_prompts(**full, original_size=SIZE)
+
+
+def test_batch_padding_points_may_lie_anywhere():
+    coords = np.array([[[10, 10], [0, 0]], [[20, 30], [999, 999]]])
+    p = check_batch_prompts(coords, np.array([[1, -1], [1, -1]]), None, SIZE)
+    enc_coords, enc_labels = encode_prompts(p, SIZE)
+    assert enc_coords.shape == (2, 3, 2) and enc_labels.tolist() == [[1, -1, -1], [1, -1, -1]]
 
 
 def test_encode_prompts_layout():

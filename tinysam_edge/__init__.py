@@ -4,10 +4,21 @@ This package is the edge runtime (numpy, OpenCV, Pillow; never torch). The PyTor
 ``tinysam_edge.models`` and IR export / quantization in ``tinysam_edge.quantize``.
 """
 
-from .errors import CheckpointError, TinySamError, WeightsError
+from .errors import CheckpointError, DeviceError, ModelDirError, TinySamError, WeightsError
 from .image import load_image, to_rgb_uint8
-from .predictor import PredictorBase
+from .predictor import Predictor, PredictorBase
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "PredictorBase", "TinySamError", "WeightsError", "__version__", "load_image", "to_rgb_uint8"]
+__all__ = [
+    "CheckpointError",
+    "DeviceError",
+    "ModelDirError",
+    "Predictor",
+    "PredictorBase",
+    "TinySamError",
+    "WeightsError",
+    "__version__",
+    "load_image",
+    "to_rgb_uint8",
+]

@@ -1,16 +1,22 @@
 """The ``tinysam-edge`` command line. Torch-side subcommands import torch only when they run."""
 
 import argparse
+import importlib.util
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import weights
 from .errors import TinySamError
 from .image import load_image, save_image
+
+if TYPE_CHECKING:
+    from .predictor import PredictorBase
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -74,12 +80,51 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_torch_predictor(args: argparse.Namespace):  # noqa: ANN202 - avoids importing torch for the annotation
+def _torch_side(what: str):  # noqa: ANN202 - the module is only importable with the [convert] extra
     try:
-        from .models import TorchPredictor, build_sam
+        from . import models
+        from .quantize import export
     except ImportError as exc:
-        raise TinySamError(f"the torch backend needs PyTorch ({exc}); install it with: pip install 'tinysam-edge[convert]'") from exc
-    return TorchPredictor(build_sam("vit_t", checkpoint=args.checkpoint, flavour=args.flavour, trust_pickle=args.trust_pickle))
+        raise TinySamError(f"{what} needs PyTorch ({exc}); install it with: pip install 'tinysam-edge[convert]'") from exc
+    return models, export
+
+
+def make_predictor(args: argparse.Namespace) -> "PredictorBase":
+    """The predictor the common model options ask for (exporting a checkpoint to IR once if needed)."""
+    if args.backend == "torch":
+        if args.model_dir is not None:
+            raise TinySamError("--model-dir is an OpenVINO model; use --checkpoint with --backend torch")
+        models, _ = _torch_side("the torch backend")
+        return models.TorchPredictor(models.build_sam("vit_t", checkpoint=args.checkpoint, flavour=args.flavour, trust_pickle=args.trust_pickle))
+    from .predictor import Predictor
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        _, export = _torch_side(f"exporting {args.checkpoint} to OpenVINO IR (or pass --model-dir)")
+        model_dir = export.cached_model_dir(args.checkpoint, flavour=args.flavour, trust_pickle=args.trust_pickle, log=_log)
+    return Predictor(model_dir, device=args.device, precision=args.precision)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _describe(predictor: "PredictorBase") -> str:
+    if hasattr(predictor, "device_used"):
+        return f"OpenVINO on {predictor.device_used}, {predictor.precision_used}"
+    return "torch eager, f32"
+
+
+def _segment_result(image: np.ndarray, predictor: "PredictorBase", coords, labels, box) -> tuple[np.ndarray, float, dict]:
+    masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box, multimask_output=False)
+    mask, score = masks[0], float(scores[0])
+    ys, xs = np.nonzero(mask)
+    bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if xs.size else [0, 0, 0, 0]
+    return mask, score, {"score": score, "area": int(mask.sum()), "bbox_xywh": bbox, "timings_ms": _ms(predictor.timings)}
+
+
+def _ms(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v * 1000, 1) for k, v in timings.items()}
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -97,32 +142,103 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .visualize import draw_overlay
 
     check_prompts(coords, labels, box, None, image.shape[:2])  # fail on bad prompts before loading a model
-    predictor = _make_torch_predictor(args)
+    predictor = make_predictor(args)
     predictor.set_image(image)
-    masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box, multimask_output=False)
-    mask, score = masks[0], float(scores[0])
+    mask, score, result = _segment_result(image, predictor, coords, labels, box)
 
     save_image(args.out, draw_overlay(image, mask, coords, labels, box, score), overwrite=args.overwrite)
     if args.mask_out is not None:
         save_image(args.mask_out, mask.astype(np.uint8) * 255, overwrite=args.overwrite)
-    ys, xs = np.nonzero(mask)
-    bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if xs.size else [0, 0, 0, 0]
-    result = {
-        "image": str(args.image),
-        "size_hw": list(image.shape[:2]),
-        "backend": "torch",
-        "flavour": predictor.flavour,
-        "score": score,
-        "area": int(mask.sum()),
-        "bbox_xywh": bbox,
-        "overlay": str(args.out),
-        "mask": str(args.mask_out) if args.mask_out else None,
-    }
+    result = {"image": str(args.image), "size_hw": list(image.shape[:2]), "backend": _describe(predictor), "flavour": predictor.flavour, **result}
+    result.update(overlay=str(args.out), mask=str(args.mask_out) if args.mask_out else None)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"score {score:.3f}, area {result['area']} px, bbox {bbox}; overlay -> {args.out}")
+        print(f"score {score:.3f}, area {result['area']} px, bbox {result['bbox_xywh']} ({_describe(predictor)}); overlay -> {args.out}")
     return 0
+
+
+def _sample_image() -> Path:
+    """A photo that ships with matplotlib (Grace Hopper), used when ``demo`` gets no IMAGE."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        raise TinySamError("give an IMAGE: the default sample photo comes with matplotlib (pip install matplotlib)")
+    return Path(spec.origin).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: segment a photo with a point and a box prompt, write overlays, print timings."""
+    image_path = args.image or _sample_image()
+    out_dir = args.out_dir
+    outputs = [out_dir / "demo_point.png", out_dir / "demo_box.png"]
+    for path in outputs:
+        _check_output(path, args.overwrite, [image_path])
+    image = load_image(image_path)
+    h, w = image.shape[:2]
+
+    from .visualize import draw_overlay
+
+    start = time.perf_counter()
+    predictor = make_predictor(args)
+    load_s = time.perf_counter() - start
+    predictor.set_image(image)
+    print(f"{image_path} ({w}x{h}) on {_describe(predictor)}")
+    print(f"  load/compile {1000 * load_s:.0f} ms, preprocess {1000 * predictor.timings['preprocess']:.0f} ms, encoder {1000 * predictor.timings['encoder']:.0f} ms")
+    prompts = [
+        ("point", np.array([[w / 2, h / 2]]), np.array([1]), None),
+        ("box", None, None, np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4])),
+    ]
+    for (name, coords, labels, box), path in zip(prompts, outputs):
+        mask, score, result = _segment_result(image, predictor, coords, labels, box)
+        save_image(path, draw_overlay(image, mask, coords, labels, box, score), overwrite=args.overwrite)
+        t = result["timings_ms"]
+        print(f"  {name:5s}: score {score:.3f}, area {result['area']} px, decoder {t['decoder']:.0f} ms, postprocess {t['postprocess']:.0f} ms -> {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to an OpenVINO model dir."""
+    _, export = _torch_side("export")
+    manifest = export.export_checkpoint(
+        args.checkpoint,
+        args.out,
+        flavour=args.flavour,
+        trust_pickle=args.trust_pickle,
+        overwrite=args.overwrite,
+        log=_log,
+        point_slots=args.point_slots,
+        static_batch=args.static_batch,
+        compress_to_fp16=args.fp16,
+    )
+    print(f"exported {manifest.source['name']} ({manifest.weights_precision} weights, flavour {manifest.flavour}) -> {args.out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time torch eager against OpenVINO f32/bf16, interleaved, and print medians and ratios."""
+    _, export = _torch_side("bench")
+    from .quantize import bench
+
+    model_dir = args.model_dir or export.cached_model_dir(args.checkpoint, log=_log)
+    report = bench.quick_bench(model_dir, args.checkpoint, rounds=args.rounds, device=args.device, log=_log)
+    print(bench.format_table(report))
+    if args.json_out is not None:
+        _check_output(args.json_out, args.overwrite, [], (".json",))
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results -> {args.json_out}")
+    return 0
+
+
+def _add_model_options(parser: argparse.ArgumentParser, backends: bool = True) -> None:
+    parser.add_argument("--checkpoint", default=weights.DEFAULT_WEIGHTS, help="checkpoint file or registry name (default: %(default)s)")
+    parser.add_argument("--model-dir", type=Path, help="exported OpenVINO model dir (default: export --checkpoint once into the cache)")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU or AUTO (default: %(default)s)")
+    parser.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (default: f32 on CPU/GPU)")
+    if backends:
+        parser.add_argument("--backend", choices=["openvino", "torch"], default="openvino", help="inference backend (default: %(default)s)")
+        parser.add_argument("--flavour", choices=["tinysam", "sam"], help="single-mask rule (default: from the weights; tinysam)")
+        parser.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole pickled module (can run code)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,17 +256,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_seg = sub.add_parser("segment", help="segment one object from point/box prompts")
     p_seg.add_argument("image", type=Path, help="input image file")
-    p_seg.add_argument("--checkpoint", default=weights.DEFAULT_WEIGHTS, help="checkpoint file or registry name (default: %(default)s)")
     p_seg.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]", help="point prompt; label 1 positive (default), 0 negative; repeatable")
     p_seg.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="box prompt in pixels")
     p_seg.add_argument("--out", type=Path, required=True, help="overlay image to write (.png/.jpg)")
     p_seg.add_argument("--mask-out", type=Path, help="binary mask PNG to write (0/255)")
     p_seg.add_argument("--json", action="store_true", help="print the result as JSON")
-    p_seg.add_argument("--backend", choices=["torch"], default="torch", help="inference backend")
-    p_seg.add_argument("--flavour", choices=["tinysam", "sam"], help="single-mask rule (default: from the weights; tinysam)")
-    p_seg.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole pickled module (can run code)")
-    p_seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_model_options(p_seg)
     p_seg.set_defaults(func=cmd_segment)
+
+    p_demo = sub.add_parser("demo", help="main job: segment a photo with a point and a box, print timings")
+    p_demo.add_argument("image", type=Path, nargs="?", help="input image (default: a sample photo shipped with matplotlib)")
+    p_demo.add_argument("--out-dir", type=Path, default=Path("tinysam-demo"), help="where the overlays go (default: %(default)s)")
+    _add_model_options(p_demo)
+    p_demo.set_defaults(func=cmd_demo)
+
+    p_exp = sub.add_parser("export", help="export a checkpoint to an OpenVINO model dir")
+    p_exp.add_argument("--checkpoint", default=weights.DEFAULT_WEIGHTS, help="checkpoint file or registry name (default: %(default)s)")
+    p_exp.add_argument("--out", type=Path, required=True, help="model dir to create")
+    p_exp.add_argument("--fp16", action="store_true", help="store weights as FP16 (default: full-precision FP32)")
+    p_exp.add_argument("--point-slots", type=int, default=8, help="point slots of the static decoders (default: %(default)s)")
+    p_exp.add_argument("--static-batch", type=int, default=64, help="prompt batch of the static batch decoder (default: %(default)s)")
+    p_exp.add_argument("--flavour", choices=["tinysam", "sam"], help="single-mask rule recorded in the manifest")
+    p_exp.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole pickled module (can run code)")
+    p_exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p_exp.set_defaults(func=cmd_export)
+
+    p_bench = sub.add_parser("bench", help="benchmark torch eager vs OpenVINO f32/bf16")
+    p_bench.add_argument("--quick", action="store_true", help="encoder + one-click decoder only (the default for now)")
+    p_bench.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default: %(default)s)")
+    p_bench.add_argument("--json-out", type=Path, help="write the results as JSON")
+    _add_model_options(p_bench, backends=False)
+    p_bench.set_defaults(func=cmd_bench)
     return parser
 
 

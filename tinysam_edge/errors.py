@@ -11,3 +11,11 @@ class CheckpointError(TinySamError):
 
 class WeightsError(TinySamError):
     """A registry weight file cannot be found, downloaded or verified."""
+
+
+class ModelDirError(TinySamError):
+    """An exported model directory is missing, incomplete, corrupt or from another format version."""
+
+
+class DeviceError(TinySamError):
+    """An OpenVINO device is unknown, absent or rejects the requested settings."""

@@ -7,16 +7,27 @@ import numpy as np
 from .transforms import apply_boxes, apply_coords
 
 LOW_RES_SIZE = 256
+#: Label of an unused slot in a fixed-size prompt tensor; the decoder masks it out of attention.
+LABEL_EMPTY = -2
+LABEL_PAD = -1
 
 
 @dataclass(frozen=True)
 class Prompts:
-    """Validated prompts in original-image pixels."""
+    """Validated prompts for B prompt sets, in original-image pixels."""
 
-    point_coords: np.ndarray | None  # (N, 2) float64, (x, y)
-    point_labels: np.ndarray | None  # (N,) int64, 1 positive / 0 negative
-    box: np.ndarray | None  # (4,) float64, XYXY
+    point_coords: np.ndarray | None  # (B, N, 2) float64, (x, y)
+    point_labels: np.ndarray | None  # (B, N) int64: 1 positive, 0 negative (-1 padding in batches)
+    boxes: np.ndarray | None  # (B, 4) float64, XYXY
     mask_input: np.ndarray | None  # (1, 256, 256) float32 low-res logits
+
+    @property
+    def batch_size(self) -> int:
+        """Number of prompt sets."""
+        for arr in (self.point_coords, self.boxes):
+            if arr is not None:
+                return arr.shape[0]
+        return 1
 
 
 def _finite_array(value: object, name: str) -> np.ndarray:
@@ -31,68 +42,98 @@ def _finite_array(value: object, name: str) -> np.ndarray:
 
 def _check_inside(xy: np.ndarray, name: str, original_size: tuple[int, int]) -> None:
     h, w = original_size
+    xy = xy.reshape(-1, 2)
     bad = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
     if bad.any():
         x, y = xy[np.argmax(bad)]
         raise ValueError(f"{name} ({x:g}, {y:g}) lies outside the {w}x{h} image (x in [0, {w}], y in [0, {h}])")
 
 
-def check_prompts(
-    point_coords: object,
-    point_labels: object,
-    box: object,
-    mask_input: object,
-    original_size: tuple[int, int],
-) -> Prompts:
-    """Validate user prompts against an image of ``original_size`` (h, w); raise ValueError on bad input."""
-    coords = labels = box_arr = mask = None
+def _check_points(point_coords: object, point_labels: object, batched: bool, original_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    lead = "B, N" if batched else "N"
+    coords = _finite_array(point_coords, "point_coords")
+    if coords.ndim != len(lead.split(", ")) + 1 or coords.shape[-1] != 2 or coords.shape[-2] == 0:
+        raise ValueError(f"point_coords must have shape ({lead}, 2) with N >= 1, got {coords.shape}")
+    labels = _finite_array(point_labels, "point_labels")
+    if labels.shape != coords.shape[:-1]:
+        raise ValueError(f"point_labels must have shape {coords.shape[:-1]} to match point_coords, got {labels.shape}")
+    allowed = (LABEL_PAD, 0, 1) if batched else (0, 1)
+    if not np.all(np.isin(labels, allowed)):
+        pad = ", -1 (padding)" if batched else ""
+        raise ValueError(f"point_labels must be 1 (positive) or 0 (negative){pad}, got {np.unique(labels).tolist()}")
+    real = labels != LABEL_PAD
+    _check_inside(coords[real], "point", original_size)
+    return coords, labels.astype(np.int64)
+
+
+def _check_boxes(boxes: object, batched: bool, original_size: tuple[int, int]) -> np.ndarray:
+    arr = _finite_array(boxes, "box")
+    if batched and (arr.ndim != 2 or arr.shape[1] != 4):
+        raise ValueError(f"boxes must have shape (B, 4) as x0, y0, x1, y1, got {arr.shape}")
+    if not batched:
+        if arr.shape not in ((4,), (1, 4)):
+            raise ValueError(f"box must have shape (4,) as x0, y0, x1, y1, got {arr.shape}")
+        arr = arr.reshape(1, 4)
+    bad = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+    if bad.any():
+        raise ValueError(f"box must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {arr[np.argmax(bad)].tolist()}")
+    _check_inside(arr, "box corner", original_size)
+    return arr
+
+
+def check_prompts(point_coords: object, point_labels: object, box: object, mask_input: object, original_size: tuple[int, int]) -> Prompts:
+    """Validate one prompt set (points (N, 2) + labels (N,), box (4,), mask (1, 256, 256)); ValueError on bad input."""
+    coords = labels = boxes = mask = None
     if (point_coords is None) != (point_labels is None):
         raise ValueError("point_coords and point_labels must be given together")
     if point_coords is not None:
-        coords = _finite_array(point_coords, "point_coords")
-        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-            raise ValueError(f"point_coords must have shape (N, 2) with N >= 1, got {coords.shape}")
-        raw_labels = _finite_array(point_labels, "point_labels")
-        if raw_labels.shape != (coords.shape[0],):
-            raise ValueError(f"point_labels must have shape ({coords.shape[0]},) to match point_coords, got {raw_labels.shape}")
-        if not np.all(np.isin(raw_labels, (0, 1))):
-            raise ValueError(f"point_labels must be 1 (positive) or 0 (negative), got {np.unique(raw_labels).tolist()}")
-        labels = raw_labels.astype(np.int64)
-        _check_inside(coords, "point", original_size)
+        coords, labels = _check_points(point_coords, point_labels, False, original_size)
+        coords, labels = coords[None], labels[None]
     if box is not None:
-        box_arr = _finite_array(box, "box")
-        if box_arr.shape not in ((4,), (1, 4)):
-            raise ValueError(f"box must have shape (4,) as x0, y0, x1, y1, got {box_arr.shape}")
-        box_arr = box_arr.reshape(4)
-        if box_arr[2] < box_arr[0] or box_arr[3] < box_arr[1]:
-            raise ValueError(f"box must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {box_arr.tolist()}")
-        _check_inside(box_arr.reshape(2, 2), "box corner", original_size)
+        boxes = _check_boxes(box, False, original_size)
     if mask_input is not None:
         mask = _finite_array(mask_input, "mask_input").astype(np.float32)
         if mask.shape == (LOW_RES_SIZE, LOW_RES_SIZE):
             mask = mask[None]
         if mask.shape != (1, LOW_RES_SIZE, LOW_RES_SIZE):
             raise ValueError(f"mask_input must be (1, 256, 256) low-res logits from an earlier predict, got {mask.shape}")
-    if coords is None and box_arr is None and mask is None:
+    if coords is None and boxes is None and mask is None:
         raise ValueError("give at least one prompt: point_coords/point_labels, box or mask_input")
-    return Prompts(coords, labels, box_arr, mask)
+    return Prompts(coords, labels, boxes, mask)
+
+
+def check_batch_prompts(point_coords: object, point_labels: object, boxes: object, original_size: tuple[int, int]) -> Prompts:
+    """Validate B prompt sets: points (B, N, 2) + labels (B, N) (-1 pads shorter sets) and/or boxes (B, 4)."""
+    coords = labels = box_arr = None
+    if (point_coords is None) != (point_labels is None):
+        raise ValueError("point_coords and point_labels must be given together")
+    if point_coords is not None:
+        coords, labels = _check_points(point_coords, point_labels, True, original_size)
+    if boxes is not None:
+        box_arr = _check_boxes(boxes, True, original_size)
+    if coords is None and box_arr is None:
+        raise ValueError("give point_coords/point_labels and/or boxes")
+    if coords is not None and box_arr is not None and coords.shape[0] != box_arr.shape[0]:
+        raise ValueError(f"point_coords has {coords.shape[0]} prompt sets but boxes has {box_arr.shape[0]}")
+    return Prompts(coords, labels, box_arr, None)
 
 
 def encode_prompts(prompts: Prompts, original_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Decoder inputs (1, N, 2) float32 coords in the 1024-input frame and (1, N) float32 labels.
+    """Decoder inputs (B, N, 2) float32 coords in the 1024-input frame and (B, N) float32 labels.
 
     Points keep labels 0/1, box corners get 2/3. Points without a box get a padding point
     (label -1) appended, exactly as SAM's prompt encoder does.
     """
-    coords = [np.zeros((0, 2))]
-    labels = [np.zeros(0)]
+    b = prompts.batch_size
+    coords = [np.zeros((b, 0, 2))]
+    labels = [np.zeros((b, 0))]
     if prompts.point_coords is not None:
         coords.append(apply_coords(prompts.point_coords, original_size))
         labels.append(prompts.point_labels.astype(np.float64))
-        if prompts.box is None:
-            coords.append(np.zeros((1, 2)))
-            labels.append(np.array([-1.0]))
-    if prompts.box is not None:
-        coords.append(apply_boxes(prompts.box, original_size).reshape(2, 2))
-        labels.append(np.array([2.0, 3.0]))
-    return np.concatenate(coords)[None].astype(np.float32), np.concatenate(labels)[None].astype(np.float32)
+        if prompts.boxes is None:
+            coords.append(np.zeros((b, 1, 2)))
+            labels.append(np.full((b, 1), float(LABEL_PAD)))
+    if prompts.boxes is not None:
+        coords.append(apply_boxes(prompts.boxes, original_size).reshape(b, 2, 2))
+        labels.append(np.tile([2.0, 3.0], (b, 1)))
+    return np.concatenate(coords, axis=1).astype(np.float32), np.concatenate(labels, axis=1).astype(np.float32)

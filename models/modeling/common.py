@@ -1,6 +1,7 @@
 """Small building blocks shared by the image encoder, prompt encoder and mask decoder."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -18,6 +19,10 @@ class LayerNorm2d(nn.Module):
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same normalisation for a tensor whose last axis holds the channels."""
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
 class MLPBlock(nn.Module):

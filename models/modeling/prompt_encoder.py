@@ -7,8 +7,11 @@ from torch import nn
 
 from .common import LayerNorm2d
 
-#: Point labels understood by :meth:`PromptEncoder.embed_points`.
-LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+#: Point labels understood by :meth:`PromptEncoder.embed_points`. ``LABEL_EMPTY`` marks an unused slot
+#: of a fixed-size prompt tensor: it is masked out of attention, so it changes nothing.
+LABEL_EMPTY, LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT = -2, -1, 0, 1, 2, 3
+#: Attention-logit bias that hides empty slots (exp underflows to exactly 0, and it fits in fp16).
+EMPTY_SLOT_BIAS = -1e4
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -75,8 +78,9 @@ class PromptEncoder(nn.Module):
     def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Embed (B, N, 2) coordinates in the 1024-input frame with (B, N) labels.
 
-        Labels: -1 padding, 0 negative, 1 positive, 2 / 3 box top-left / bottom-right corner.
-        Boxes given as two corner points embed exactly like SAM's box path, so one graph serves both.
+        Labels: -2 empty slot, -1 padding, 0 negative, 1 positive, 2 / 3 box top-left / bottom-right
+        corner. Boxes given as two corner points embed exactly like SAM's box path, so one graph
+        serves both.
         """
         pe = self.pe_layer.forward_with_coords(coords + 0.5, self.input_image_size)
         labels = labels[..., None]
@@ -86,6 +90,11 @@ class PromptEncoder(nn.Module):
         for label, type_embedding in enumerate(self.point_embeddings):
             embedding = embedding + (labels == label) * type_embedding.weight
         return embedding
+
+    @staticmethod
+    def slot_bias(labels: torch.Tensor) -> torch.Tensor:
+        """(B, N) attention bias: 0 for prompt tokens, ``EMPTY_SLOT_BIAS`` for empty slots."""
+        return torch.where(labels == LABEL_EMPTY, EMPTY_SLOT_BIAS, 0.0).to(torch.float32)
 
     def embed_mask(self, mask_input: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """Dense embedding (B, C, 64, 64) of (B, 1, 256, 256) mask logits, or the no-mask embedding."""

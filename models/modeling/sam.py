@@ -35,10 +35,11 @@ class Sam(nn.Module):
         """Decode B prompts on one (1, 256, 64, 64) embedding.
 
         ``point_coords`` (B, N, 2) are in the 1024-input frame and ``point_labels`` (B, N) use
-        -1 padding, 0 negative, 1 positive, 2/3 box corners. Returns all 4 tokens' low-res logits
+        -2 empty slot, -1 padding, 0 negative, 1 positive, 2/3 box corners. Returns all 4 tokens' low-res logits
         (B, 4, 256, 256) and IoU predictions (B, 4).
         """
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
-        dense = self.prompt_encoder.embed_mask(mask_input, sparse.shape[0])
-        masks, iou, _ = self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        dense = self.prompt_encoder.embed_mask(mask_input, 1)
+        bias = self.prompt_encoder.slot_bias(point_labels)
+        masks, iou, _ = self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, bias)
         return masks, iou

@@ -1,0 +1,78 @@
+"""OpenVINO devices: checking what is asked for against what is there, and the compile configuration."""
+
+import os
+
+import openvino as ov
+
+from .errors import DeviceError
+from .weights import cache_dir
+
+PRECISIONS = ("f32", "bf16", "f16")
+#: Devices that only run (NPU) or prefer (GPU) static shapes; AUTO may pick either.
+STATIC_DEVICES = ("GPU", "NPU", "AUTO")
+
+
+def device_family(device: str) -> str:
+    """``GPU.1`` -> ``GPU``; ``AUTO:GPU,CPU`` -> ``AUTO``."""
+    return device.split(":")[0].split(".")[0].upper()
+
+
+def check_device(core: ov.Core, device: str) -> None:
+    """Raise DeviceError naming the available devices when ``device`` cannot be used here."""
+    family = device_family(device)
+    available = core.available_devices
+    if family in ("AUTO", "HETERO", "MULTI"):
+        return
+    if family not in ("CPU", "GPU", "NPU"):
+        raise DeviceError(f"unknown device {device!r}; use CPU, GPU, NPU or AUTO (available here: {', '.join(available)})")
+    if device.upper() not in available and not (device.upper() == family and any(d.startswith(family) for d in available)):
+        raise DeviceError(f"device {device!r} is not available on this machine (available: {', '.join(available)}); check its driver or pick another")
+
+
+def compile_config(
+    device: str,
+    precision: str | None = None,
+    num_threads: int | None = None,
+    cache: str | os.PathLike | None = None,
+    hint: str = "LATENCY",
+) -> dict[str, str]:
+    """Properties for ``compile_model``: performance hint, CACHE_DIR and an explicit inference precision.
+
+    ``precision=None`` means f32 on CPU and GPU (the CPU plugin would otherwise pick bf16 on CPUs
+    with avx512_bf16, the GPU plugin f16); NPU keeps its own (it computes in f16).
+    """
+    family = device_family(device)
+    config = {"PERFORMANCE_HINT": hint, "CACHE_DIR": str(cache if cache is not None else cache_dir() / "ov-cache")}
+    if precision is not None and precision not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision is None and family in ("CPU", "GPU"):
+        precision = "f32"
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    if num_threads is not None:
+        if family != "CPU":
+            raise DeviceError("num_threads applies to the CPU device only")
+        config["INFERENCE_NUM_THREADS"] = str(int(num_threads))
+    return config
+
+
+def compile_model(core: ov.Core, model: ov.Model | str, device: str, config: dict[str, str]) -> ov.CompiledModel:
+    """``core.compile_model`` with device/setting errors turned into one-line DeviceErrors."""
+    try:
+        return core.compile_model(model, device, config)
+    except RuntimeError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
+        raise DeviceError(f"cannot compile for {device} with {config}: {first}") from exc
+
+
+def describe(compiled: ov.CompiledModel) -> tuple[str, str]:
+    """(execution devices, inference precision) that a compiled model actually uses."""
+    try:
+        devices = ",".join(compiled.get_property("EXECUTION_DEVICES"))
+    except RuntimeError:
+        devices = "unknown"
+    try:
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    except RuntimeError:
+        precision = "device default"
+    return devices, precision
