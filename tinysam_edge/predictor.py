@@ -166,6 +166,8 @@ class Predictor(PredictorBase):
             self._dynamic_decoder = self._read(core, "decoder")
             self._decoders[None] = compile_model(core, self._dynamic_decoder, device, config)
         self._requests = {key: model.create_infer_request() for key, model in self._decoders.items()}
+        if not self.static_shapes:
+            self._specialized((1, 2), 0)  # one click (point + padding point): ready before the first click
         self._encoder_request = self._encoder.create_infer_request()
         self.device_used, self.precision_used = describe(self._encoder)
         super().__init__(self.manifest.flavour)

@@ -25,7 +25,7 @@ def draw_overlay(
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     scale = max(image.shape[:2]) / 800
     thickness = max(1, round(2 * scale))
-    cv2.drawContours(out, contours, -1, (255, 255, 255), thickness)
+    cv2.drawContours(out, contours, -1, (255, 255, 255), max(1, thickness // 2))
     if box is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOR, thickness)
