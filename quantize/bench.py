@@ -1,4 +1,4 @@
-"""Interleaved latency benchmark: torch eager vs OpenVINO f32 / bf16 on the same image and prompt."""
+"""Latency benchmarks: the Python pipeline (torch eager vs OpenVINO variants, interleaved) and benchmark_app on every IR."""
 
 import os
 import platform
@@ -12,8 +12,11 @@ import openvino as ov
 import torch
 
 from tinysam_edge import Predictor, __version__
+from tinysam_edge.manifest import ENCODER_INPUT, Manifest
 from tinysam_edge.models import TorchPredictor, build_sam
 from tinysam_edge.predictor import PredictorBase
+
+from .benchmark_app import run_benchmark_app
 
 
 def cpu_name() -> str:
@@ -54,38 +57,42 @@ class ForeignLoad:
 
 
 def _time_variant(predictor: PredictorBase, image: np.ndarray, point: np.ndarray, clicks: int) -> dict[str, float]:
+    start = time.perf_counter()
     predictor.set_image(image)
-    encoder = predictor.timings["encoder"]
-    decoder, total = [], []
+    set_image = time.perf_counter() - start
+    stages = dict(predictor.timings)
+    decoder, post, click = [], [], []
     for _ in range(clicks):
         start = time.perf_counter()
         predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=False)
-        total.append(time.perf_counter() - start)
+        click.append(time.perf_counter() - start)
         decoder.append(predictor.timings["decoder"])
-    return {"encoder_ms": 1000 * encoder, "decoder_ms": 1000 * statistics.median(decoder), "click_ms": 1000 * statistics.median(total)}
+        post.append(predictor.timings["postprocess"])
+    return {
+        "preprocess_ms": 1000 * stages["preprocess"],
+        "encoder_ms": 1000 * stages["encoder"],
+        "decoder_ms": 1000 * statistics.median(decoder),
+        "postprocess_ms": 1000 * statistics.median(post),
+        "click_ms": 1000 * statistics.median(click),
+        "end_to_end_ms": 1000 * (set_image + statistics.median(click)),
+    }
 
 
-def quick_bench(model_dir: str | Path, checkpoint: str | Path, rounds: int = 10, clicks: int = 5, device: str = "CPU", log=print) -> dict:
-    """Encoder and one-click decoder latency of torch eager, OV f32 and OV bf16, interleaved round by round.
+def pipeline_bench(variants: dict[str, PredictorBase], rounds: int = 10, clicks: int = 5, log=print) -> dict:
+    """Python pipeline latency of each predictor, interleaved round by round; the first variant is the baseline.
 
-    Each round runs every variant once (rotating the order) on one real-size image; a round's
-    numbers are kept only if other processes used under 0.25 cores meanwhile, unless no round is
-    that clean, in which case all rounds are reported and marked contended.
+    Each round runs every variant once (rotating the order) on one 1500x1000 image: set_image
+    (preprocess + encoder) and ``clicks`` one-point predictions (decoder + postprocess). A round
+    counts only if other processes used under 0.25 cores meanwhile, unless none is that clean, in
+    which case all rounds are reported and marked contended.
     """
-    torch.set_num_threads(os.cpu_count() or 1)
-    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
-    for precision in ("f32", "bf16"):
-        p = Predictor(model_dir, device=device, precision=precision)
-        variants[f"openvino {p.precision_used} ({p.device_used})"] = p
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(0, 256, (1000, 1500, 3), dtype=np.uint8)  # a real resize to 1024
     point = np.array([[512.0, 384.0]])
     for p in variants.values():  # warm-up: first inferences allocate and compile kernels
         _time_variant(p, image, point, 2)
-
-    samples: dict[str, list[dict]] = {name: [] for name in variants}
-    loads = []
     names = list(variants)
+    samples: dict[str, list[dict]] = {name: [] for name in names}
+    loads = []
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         with ForeignLoad() as load:
@@ -96,36 +103,107 @@ def quick_bench(model_dir: str | Path, checkpoint: str | Path, rounds: int = 10,
         log(f"round {r + 1}/{rounds}: foreign load {load.cores:.2f} cores")
     clean = [i for i, c in enumerate(loads) if c < 0.25]
     kept = clean or list(range(rounds))
-    results = {
-        name: {key: statistics.median(s[i][key] for i in kept) for key in ("encoder_ms", "decoder_ms", "click_ms")} for name, s in samples.items()
-    }
+    keys = list(samples[names[0]][0])
+    results = {name: {k: statistics.median(s[i][k] for i in kept) for k in keys} for name, s in samples.items()}
     base = results[names[0]]
     for result in results.values():
-        result.update({f"{k}_speedup_vs_torch": base[k] / result[k] for k in ("encoder_ms", "decoder_ms", "click_ms")})
+        result.update({f"{k}_speedup": base[k] / result[k] for k in ("encoder_ms", "decoder_ms", "click_ms", "end_to_end_ms")})
+    return {"rounds": rounds, "clean_rounds": len(clean), "contended": not clean, "foreign_load_cores": loads, "baseline": names[0], "results": results}
+
+
+def _openvino_variants(model_dir: str | Path, device: str, precisions: tuple[str, ...], label: str) -> dict[str, Predictor]:
+    variants = {}
+    for precision in precisions:
+        p = Predictor(model_dir, device=device, precision=precision)
+        variants[f"openvino {label} {p.precision_used} ({p.device_used})"] = p
+    return variants
+
+
+def _environment(device: str) -> dict:
     return {
-        "what": "median latency; encoder = IR/torch encoder only, decoder = one click (point + padding), click = decoder + mask upscaling",
-        "rounds": rounds,
-        "clean_rounds": len(clean),
-        "contended": not clean,
-        "foreign_load_cores": loads,
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "device": device,
         "versions": {"tinysam_edge": __version__, "openvino": ov.get_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-        "results": results,
     }
 
 
-def format_table(report: dict) -> str:
-    """A Markdown table of a ``quick_bench`` report."""
+def quick_bench(model_dir: str | Path, checkpoint: str | Path, rounds: int = 10, device: str = "CPU", log=print) -> dict:
+    """Encoder and one-click latency of torch eager, OV f32 and OV bf16, interleaved."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
+    variants.update(_openvino_variants(model_dir, device, ("f32", "bf16"), "fp32-IR"))
+    return {**_environment(device), "pipeline": pipeline_bench(variants, rounds, log=log)}
+
+
+def full_bench(model_dir: str | Path, int8_dir: str | Path | None, checkpoint: str | Path, rounds: int = 5, seconds: int = 10, device: str = "CPU", log=print) -> dict:
+    """benchmark_app on every IR (encoder f32/bf16/INT8, decoder one click and 64-prompt batch) plus the pipeline bench."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    model_dir = Path(model_dir)
+    dirs = {"fp32-IR": model_dir} | ({"int8-IR": Path(int8_dir)} if int8_dir is not None else {})
+    apps = []
+    encoder_shape = {ENCODER_INPUT: [1, 3, 1024, 1024]}
+    for label, folder in dirs.items():
+        manifest = Manifest.read(folder)
+        for precision in ("f32", "bf16"):
+            log(f"benchmark_app: {label} encoder, {precision}")
+            apps.append({"model": f"{label} encoder", "precision": precision, **run_benchmark_app(folder / manifest.files["encoder"], device, encoder_shape, precision, seconds)})
+        for batch, what in ((1, "decoder, 1 click"), (64, "decoder, 64 prompts")):
+            shapes = {"image_embeddings": [1, 256, 64, 64], "point_coords": [batch, 2, 2], "point_labels": [batch, 2], "mask_input": [0, 1, 256, 256], "has_mask_input": [1]}
+            log(f"benchmark_app: {label} {what}, f32")
+            apps.append({"model": f"{label} {what}", "precision": "f32", **run_benchmark_app(folder / manifest.files["decoder"], device, shapes, "f32", seconds)})
+    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
+    for label, folder in dirs.items():
+        variants.update(_openvino_variants(folder, device, ("f32", "bf16"), label))
+    return {**_environment(device), "benchmark_app": apps, "pipeline": pipeline_bench(variants, rounds, log=log)}
+
+
+def format_tables(report: dict) -> str:
+    """Markdown tables of a ``quick_bench`` / ``full_bench`` report."""
+    pipe = report["pipeline"]
     lines = [
-        f"{report['cpu']}, {report['cores']} cores; {report['clean_rounds']}/{report['rounds']} clean rounds" + (" (CONTENDED: numbers are noisy)" if report["contended"] else ""),
+        f"{report['cpu']}, {report['cores']} cores, device {report['device']}; openvino {report['versions']['openvino']}, torch {report['versions']['torch']};"
+        f" {pipe['clean_rounds']}/{pipe['rounds']} clean rounds" + (" (CONTENDED: numbers are noisy)" if pipe["contended"] else ""),
         "",
-        "| variant | encoder ms | x vs torch | decoder ms (1 click) | x vs torch | click incl. upscaling ms |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "Python pipeline (medians; speed-ups vs torch eager in the same run):",
+        "",
+        "| variant | preprocess ms | encoder ms | x | decoder ms (1 click) | x | click incl. upscaling ms | set_image + click ms | x |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, r in report["results"].items():
+    for name, r in pipe["results"].items():
         lines.append(
-            f"| {name} | {r['encoder_ms']:.0f} | {r['encoder_ms_speedup_vs_torch']:.2f} | {r['decoder_ms']:.1f} | {r['decoder_ms_speedup_vs_torch']:.2f} | {r['click_ms']:.1f} |"
+            f"| {name} | {r['preprocess_ms']:.0f} | {r['encoder_ms']:.0f} | {r['encoder_ms_speedup']:.2f} | {r['decoder_ms']:.1f} | {r['decoder_ms_speedup']:.2f}"
+            f" | {r['click_ms']:.1f} | {r['end_to_end_ms']:.0f} | {r['end_to_end_ms_speedup']:.2f} |"
         )
+    if report.get("benchmark_app"):
+        lines += ["", "benchmark_app (-hint latency, -ip f32, pinned -infer_precision, static -shape; median of the JSON report):", ""]
+        lines += ["| IR | precision (effective) | median ms | throughput FPS |", "| --- | --- | --- | --- |"]
+        for r in report["benchmark_app"]:
+            lines.append(f"| {r['model']} | {r['precision']} ({r.get('inference_precision_hint', '?')}) | {r['median_ms']:.2f} | {r['throughput_fps']:.2f} |")
     return "\n".join(lines)
+
+
+def plot(report: dict, path: str | Path) -> None:
+    """Bar chart of encoder and set_image + click latency per variant, annotated with speed-ups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["pipeline"]["results"]
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.6 * len(names) + 2))
+    for ax, key, title in ((axes[0], "encoder_ms", "encoder"), (axes[1], "end_to_end_ms", "set_image + one click")):
+        values = [results[n][key] for n in names]
+        bars = ax.barh(names, values, color=["#888888"] + ["#1f77b4"] * (len(names) - 1))
+        for bar, n in zip(bars, names):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {results[n][key]:.0f} ms ({results[n][key + '_speedup']:.1f}x)", va="center")
+        ax.set_title(f"{title} latency, lower is better")
+        ax.set_xlabel("ms (median)")
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(values) * 1.45)
+    axes[1].set_yticklabels([])
+    fig.suptitle(f"TinySAM on {report['cpu']} ({report['cores']} cores, {report['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

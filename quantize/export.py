@@ -1,9 +1,11 @@
 """Export the parity-proven PyTorch model to OpenVINO IR: a static encoder and dynamic + static decoders."""
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import openvino as ov
@@ -134,6 +136,24 @@ def export_ir(
     return manifest
 
 
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty output folder unless asked to."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise TinySamError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out_dir`` to write into; it replaces ``out_dir`` only on success."""
+    check_out_dir(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
+        yield Path(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -150,18 +170,12 @@ def export_checkpoint(
     ``overwrite``.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise TinySamError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    check_out_dir(out_dir, overwrite)  # before the slow part
     path, _ = resolve_checkpoint(checkpoint)
     sam = build_sam("vit_t", checkpoint=path, flavour=flavour, trust_pickle=trust_pickle)
     log(f"exporting {Path(path).name} to OpenVINO IR in {out_dir}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
-        manifest = export_ir(sam, tmp, source_name=Path(path).name, source_sha256=sha256_file(Path(path)), log=log, **export_options)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    return manifest
+    with staged_dir(out_dir, overwrite) as tmp:
+        return export_ir(sam, tmp, source_name=Path(path).name, source_sha256=sha256_file(Path(path)), log=log, **export_options)
 
 
 def cached_model_dir(checkpoint: str | Path, flavour: str | None = None, trust_pickle: bool = False, log=print) -> Path:

@@ -215,17 +215,64 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Time torch eager against OpenVINO f32/bf16, interleaved, and print medians and ratios."""
+    """Time torch eager against the OpenVINO variants (and benchmark_app on every IR unless --quick)."""
     _, export = _torch_side("bench")
     from .quantize import bench
 
+    outputs = [args.out_dir / name for name in ("bench.json", "bench.md", "bench.png")]
+    for path in outputs:
+        _check_output(path, args.overwrite, [], (path.suffix,))
     model_dir = args.model_dir or export.cached_model_dir(args.checkpoint, log=_log)
-    report = bench.quick_bench(model_dir, args.checkpoint, rounds=args.rounds, device=args.device, log=_log)
-    print(bench.format_table(report))
-    if args.json_out is not None:
-        _check_output(args.json_out, args.overwrite, [], (".json",))
-        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results -> {args.json_out}")
+    if args.quick:
+        report = bench.quick_bench(model_dir, args.checkpoint, rounds=args.rounds, device=args.device, log=_log)
+    else:
+        report = bench.full_bench(model_dir, args.int8_dir, args.checkpoint, rounds=args.rounds, seconds=args.seconds, device=args.device, log=_log)
+    table = bench.format_tables(report)
+    print(table)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    outputs[0].write_text(json.dumps(report, indent=2) + "\n")
+    outputs[1].write_text(table + "\n")
+    bench.plot(report, outputs[2])
+    print(f"results -> {', '.join(map(str, outputs))}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """NNCF W8A8: FP32 model dir + calibration images -> INT8 model dir."""
+    try:
+        from .quantize import ptq
+        from .quantize.sampling import list_images
+    except ImportError as exc:
+        raise TinySamError(f"quantize needs NNCF ({exc}); install it with: pip install 'tinysam-edge[convert]'") from exc
+    images = list_images(args.calib)
+    held_out = 0
+    if args.max_drop is not None:
+        held_out = args.held_out if args.held_out is not None else max(1, len(images) // 5)
+    report = ptq.quantize_model_dir(
+        args.model_dir, images, args.out, subset_size=args.subset_size, decoder=args.decoder, max_drop=args.max_drop, held_out=held_out, max_iterations=args.max_iterations, overwrite=args.overwrite, log=_log
+    )
+    print(json.dumps(report, indent=2))
+    print(f"INT8 model dir -> {args.out}")
+    return 0 if report.get("drop_met", True) else 3
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Best-mask IoU and score error of a candidate model dir against a reference, points and boxes apart."""
+    from .predictor import Predictor
+    from .quantize.accuracy import compare_predictors, format_summary
+    from .quantize.sampling import list_images
+
+    _check_output(args.out, args.overwrite, [], (".json",))
+    images = list_images(args.images)[: args.limit]
+    if args.annotations is not None and not args.annotations.is_file():
+        raise TinySamError(f"annotations not found: {args.annotations}")
+    reference = Predictor(args.reference, device=args.device, precision=args.precision)
+    candidate = Predictor(args.candidate, device=args.device, precision=args.precision)
+    report = compare_predictors(reference, candidate, images, args.annotations, objects_per_image=args.objects_per_image)
+    report.update(reference=str(args.reference), candidate=str(args.candidate), device=candidate.device_used, precision=candidate.precision_used)
+    print(format_summary(report))
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report -> {args.out}")
     return 0
 
 
@@ -281,12 +328,39 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p_exp.set_defaults(func=cmd_export)
 
-    p_bench = sub.add_parser("bench", help="benchmark torch eager vs OpenVINO f32/bf16")
-    p_bench.add_argument("--quick", action="store_true", help="encoder + one-click decoder only (the default for now)")
-    p_bench.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default: %(default)s)")
-    p_bench.add_argument("--json-out", type=Path, help="write the results as JSON")
+    p_bench = sub.add_parser("bench", help="benchmark torch eager vs OpenVINO (f32, bf16, INT8) and benchmark_app on every IR")
+    p_bench.add_argument("--quick", action="store_true", help="only the Python pipeline: torch eager vs OpenVINO f32/bf16")
+    p_bench.add_argument("--int8-dir", type=Path, help="INT8 model dir from 'tinysam-edge quantize' to include")
+    p_bench.add_argument("--rounds", type=int, default=5, help="interleaved pipeline rounds (default: %(default)s)")
+    p_bench.add_argument("--seconds", type=int, default=10, help="seconds per benchmark_app run (default: %(default)s)")
+    p_bench.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench.json/.md/.png go (default: %(default)s)")
     _add_model_options(p_bench, backends=False)
     p_bench.set_defaults(func=cmd_bench)
+
+    p_q = sub.add_parser("quantize", help="NNCF W8A8 post-training quantization of an exported model dir")
+    p_q.add_argument("--model-dir", type=Path, required=True, help="FP32 model dir from 'tinysam-edge export'")
+    p_q.add_argument("--calib", required=True, help="calibration images: a folder or a glob")
+    p_q.add_argument("--out", type=Path, required=True, help="INT8 model dir to create")
+    p_q.add_argument("--subset-size", type=int, default=128, help="calibration samples (default: %(default)s)")
+    p_q.add_argument("--decoder", choices=["fp", "int8"], default="fp", help="keep the decoder in full precision or quantize it too (default: %(default)s)")
+    p_q.add_argument("--max-drop", type=float, help="accuracy control: largest allowed drop of mean best-mask IoU vs FP32 (e.g. 0.01)")
+    p_q.add_argument("--max-iterations", type=int, help="accuracy control: most layers to revert to float per model (default: no limit)")
+    p_q.add_argument("--held-out", type=int, help="images kept out of calibration to measure the drop (default: 20%% of --calib)")
+    p_q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p_q.set_defaults(func=cmd_quantize)
+
+    p_cmp = sub.add_parser("compare", help="accuracy of a candidate model dir (e.g. INT8) against a reference (FP32)")
+    p_cmp.add_argument("--reference", type=Path, required=True, help="reference model dir (FP32)")
+    p_cmp.add_argument("--candidate", type=Path, required=True, help="candidate model dir (e.g. INT8)")
+    p_cmp.add_argument("--images", required=True, help="images: a folder or a glob")
+    p_cmp.add_argument("--annotations", type=Path, help="COCO instances JSON: prompts from real objects")
+    p_cmp.add_argument("--objects-per-image", type=int, default=4, help="objects (each gives a point and a box prompt) per image (default: %(default)s)")
+    p_cmp.add_argument("--limit", type=int, help="use only the first N images")
+    p_cmp.add_argument("--device", default="CPU", help="OpenVINO device (default: %(default)s)")
+    p_cmp.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (default: f32 on CPU/GPU)")
+    p_cmp.add_argument("--out", type=Path, default=Path("compare.json"), help="JSON report (default: %(default)s)")
+    p_cmp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p_cmp.set_defaults(func=cmd_compare)
     return parser
 
 

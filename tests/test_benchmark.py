@@ -1,0 +1,50 @@
+"""benchmark_app report parsing on recorded outputs, and the bench command in a tiny configuration."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinysam_edge.quantize.benchmark_app import merge, parse_report, parse_stdout
+
+DATA = Path(__file__).parent / "data" / "benchmark_app"
+
+
+def test_parses_microsecond_latencies():
+    """Sub-millisecond runs print 'us'; the JSON report rounds them to 0.01 ms, so stdout wins."""
+    stdout = (DATA / "tiny_us_stdout.txt").read_text()
+    printed = parse_stdout(stdout)
+    assert printed["median_ms"] == pytest.approx(8.08e-3) and printed["max_ms"] == pytest.approx(140.39e-3)
+    report = json.loads((DATA / "tiny_us_report.json").read_text())
+    assert parse_report(report)["median_ms"] == 0.01
+    merged = merge(report, stdout)
+    assert merged["median_ms"] == pytest.approx(8.08e-3) and merged["iterations"] == 65043
+    assert merged["inference_precision_hint"] == "float32" and merged["performance_hint"] == "LATENCY"
+
+
+def test_parses_millisecond_latencies():
+    stdout = (DATA / "decoder_ms_stdout.txt").read_text()
+    report = json.loads((DATA / "decoder_ms_report.json").read_text())
+    merged = merge(report, stdout)
+    assert merged["median_ms"] == 23.8 and merged["avg_ms"] == 24.05 and merged["throughput_fps"] == 41.05
+    assert parse_stdout(stdout)["median_ms"] == pytest.approx(23.8)
+    assert merged["num_streams"] == "1" and merged["compile_ms"] == 304.61
+
+
+def test_bench_tiny_configuration(random_model_dir, random_checkpoint, tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "tinysam_edge", "bench", "--model-dir", str(random_model_dir), "--checkpoint", str(random_checkpoint)]
+    cmd += ["--rounds", "1", "--seconds", "1", "--out-dir", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "bench.json").read_text())
+    apps = {(r["model"], r["precision"]): r for r in report["benchmark_app"]}
+    assert set(apps) == {("fp32-IR encoder", "f32"), ("fp32-IR encoder", "bf16"), ("fp32-IR decoder, 1 click", "f32"), ("fp32-IR decoder, 64 prompts", "f32")}
+    assert apps[("fp32-IR encoder", "f32")]["inference_precision_hint"] == "float32"
+    assert all(r["median_ms"] > 0 and r["performance_hint"] == "LATENCY" for r in apps.values())
+    results = report["pipeline"]["results"]
+    assert list(results)[0] == "torch eager f32" and len(results) == 3
+    assert all(r["end_to_end_ms"] > 0 and r["encoder_ms_speedup"] > 0 for r in results.values())
+    assert (out / "bench.png").stat().st_size > 1000 and "| torch eager f32 |" in (out / "bench.md").read_text()

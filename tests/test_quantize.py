@@ -1,0 +1,94 @@
+"""NNCF W8A8 on a model exported from the parity weights, calibrated on real images from ../shared/data."""
+
+import collections
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from conftest import DATA, require  # noqa: E402
+
+from tinysam_edge import Predictor  # noqa: E402
+from tinysam_edge.manifest import Manifest  # noqa: E402
+from tinysam_edge.quantize.accuracy import compare_predictors, mask_iou  # noqa: E402
+from tinysam_edge.quantize.ptq import quantize_model_dir  # noqa: E402
+from tinysam_edge.quantize.sampling import list_images  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def coco_images():
+    return list_images(require(DATA / "coco_mini" / "images"))
+
+
+@pytest.fixture(scope="module")
+def int8_dir(parity_model_dir, coco_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "model"
+    quantize_model_dir(parity_model_dir, coco_images[:3], out, subset_size=3, decoder="int8", log=lambda *_: None)
+    return out
+
+
+def _op_counts(xml) -> collections.Counter:
+    return collections.Counter(op.get_type_name() for op in ov.Core().read_model(xml).get_ops())
+
+
+def test_int8_ir_is_quantized_and_loads(int8_dir, parity_model_dir):
+    for name in ("encoder.xml", "decoder.xml", "decoder_static.xml", "decoder_static_batch.xml"):
+        assert _op_counts(int8_dir / name)["FakeQuantize"] > 20, name
+    assert _op_counts(parity_model_dir / "encoder.xml")["FakeQuantize"] == 0
+    manifest = Manifest.read(int8_dir)
+    assert manifest.weights_precision == "int8" and manifest.quantization["encoder"] == "int8" and manifest.quantization["decoder"] == "int8"
+    assert manifest.quantization["model_type"] == "TRANSFORMER" and "nncf" in manifest.versions
+    for static in (False, True):
+        predictor = Predictor(int8_dir, static_shapes=static)
+        predictor.set_image(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+        masks, scores, low = predictor.predict(np.array([[150, 100]]), np.array([1]))
+        assert masks.shape == (3, 200, 300) and np.isfinite(scores).all() and np.isfinite(low).all()
+
+
+def test_accuracy_report(int8_dir, parity_model_dir, coco_images):
+    annotations = require(DATA / "coco_mini" / "annotations" / "instances_coco128seg.json")
+    pytest.importorskip("pycocotools")
+    report = compare_predictors(Predictor(parity_model_dir), Predictor(int8_dir), coco_images[10:12], annotations, objects_per_image=2, progress=False)
+    assert set(report["summary"]) == {"point", "box"} and report["objects"] == "annotations"
+    for s in report["summary"].values():
+        assert 0.0 <= s["p5_iou"] <= s["mean_iou"] <= 1.0 and 0.0 <= s["mean_abs_score_error"]
+        assert s["prompts"] >= 2
+    same = compare_predictors(Predictor(parity_model_dir), Predictor(parity_model_dir), coco_images[10:11], objects_per_image=2, progress=False)
+    assert all(s["mean_iou"] == 1.0 and s["mean_abs_score_error"] == 0.0 for s in same["summary"].values())
+
+
+def test_mask_iou():
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    assert mask_iou(a, b) == 1.0
+    a[:2] = True
+    b[1:3] = True
+    assert mask_iou(a, b) == pytest.approx(4 / 12)
+
+
+def test_accuracy_control_meets_a_loose_cap(parity_model_dir, coco_images, tmp_path):
+    report = quantize_model_dir(parity_model_dir, coco_images[:3], tmp_path / "loose", subset_size=2, max_drop=0.9, held_out=1, log=lambda *_: None)
+    assert report["method"] == "nncf.quantize_with_accuracy_control"
+    assert report["drop_met"] and report["drop"] <= 0.9 and 0.0 <= report["iou_vs_fp32"] <= 1.0
+    assert Manifest.read(tmp_path / "loose").quantization["max_drop"] == 0.9
+
+
+@pytest.mark.slow  # NNCF ranks every quantizer group of the encoder first: about 3 minutes here
+def test_accuracy_control_says_when_it_cannot_meet_the_cap(parity_model_dir, coco_images, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for path in coco_images[:3]:
+        (calib / path.name).symlink_to(path)
+    out = tmp_path / "strict"
+    cmd = [sys.executable, "-m", "tinysam_edge", "quantize", "--model-dir", str(parity_model_dir), "--calib", str(calib)]
+    cmd += ["--subset-size", "2", "--max-drop", "0", "--held-out", "1", "--max-iterations", "1", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    report = Manifest.read(out).quantization
+    if report["drop_met"]:  # only if INT8 matched FP32 exactly on the held-out prompts
+        assert result.returncode == 0 and report["drop"] <= 0
+    else:
+        assert result.returncode == 3 and "could not keep the drop within 0.0" in result.stderr
