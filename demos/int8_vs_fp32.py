@@ -20,8 +20,9 @@ from tinysam_edge.visualize import draw_overlay
 
 def label(panel: np.ndarray, text: str) -> np.ndarray:
     """Write a caption strip above a panel."""
-    strip = np.full((36, panel.shape[1], 3), 255, np.uint8)
-    cv2.putText(strip, text, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    scale = max(0.6, panel.shape[1] / 1000)
+    strip = np.full((int(40 * scale), panel.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, text, (8, int(28 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), max(1, int(scale * 1.5)), cv2.LINE_AA)
     return np.concatenate([strip, panel])
 
 
