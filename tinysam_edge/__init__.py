@@ -6,6 +6,7 @@ This package is the edge runtime (numpy, OpenCV, Pillow; never torch). The PyTor
 
 from .errors import CheckpointError, DeviceError, ModelDirError, TinySamError, WeightsError
 from .image import load_image, to_rgb_uint8
+from .mask_generator import HierarchicalMaskGenerator, MaskGenerator
 from .predictor import Predictor, PredictorBase
 
 __version__ = "0.1.0"
@@ -13,6 +14,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "DeviceError",
+    "HierarchicalMaskGenerator",
+    "MaskGenerator",
     "ModelDirError",
     "Predictor",
     "PredictorBase",

@@ -276,6 +276,54 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_everything(args: argparse.Namespace) -> int:
+    """Segment everything: overlay PNG, COCO-RLE JSON, counts and timings per stage."""
+    from .mask_generator import HierarchicalMaskGenerator, MaskGenerator
+    from .visualize import draw_masks
+
+    overlay_path, json_path = args.out / "overlay.png", args.out / "masks.json"
+    for path in (overlay_path, json_path):
+        _check_output(path, args.overwrite, [args.image], (path.suffix,))
+    image = load_image(args.image)
+    predictor = make_predictor(args)
+    options = dict(
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        min_mask_region_area=args.min_mask_region_area,
+        output_mode="coco_rle",
+        progress=True,
+    )
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError as exc:
+        raise TinySamError("everything writes COCO RLE with pycocotools: pip install 'tinysam-edge[eval]'") from exc
+    if args.mode == "hierarchical":
+        generator = HierarchicalMaskGenerator(predictor, high_score_thresh=args.high_score_thresh, **options)
+    else:
+        generator = MaskGenerator(predictor, **options)
+    start = time.perf_counter()
+    records = generator.generate(image)
+    total = time.perf_counter() - start
+    masks = [mask_utils.decode(r["segmentation"]).astype(bool) for r in records]
+    save_image(overlay_path, draw_masks(image, masks), overwrite=args.overwrite)
+    json_path.write_text(json.dumps(records) + "\n")
+    stats = generator.stats
+    print(f"{args.image} ({image.shape[1]}x{image.shape[0]}), {args.mode} on {_describe(predictor)}: {len(records)} masks in {total:.2f} s")
+    for stage in ("grid", "stage1", "stage2"):
+        if stage in stats:
+            c = stats[stage]
+            print(f"  {stage}: {c['prompts']} prompts, {c['masks_decoded']} masks, {c['passed_pred_iou']} past IoU, {c['kept']} kept")
+    if "stage2_candidates" in stats:
+        print(f"  stage2 candidates {stats['stage2_candidates']}, covered by stage 1 (skipped) {stats['stage2_covered']}")
+    print(f"  before NMS {stats['before_nms']}, after {stats['after_nms']}")
+    print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stats["seconds"].items()))
+    print(f"overlay -> {overlay_path}, masks (COCO RLE) -> {json_path}")
+    return 0
+
+
 def _add_model_options(parser: argparse.ArgumentParser, backends: bool = True) -> None:
     parser.add_argument("--checkpoint", default=weights.DEFAULT_WEIGHTS, help="checkpoint file or registry name (default: %(default)s)")
     parser.add_argument("--model-dir", type=Path, help="exported OpenVINO model dir (default: export --checkpoint once into the cache)")
@@ -327,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole pickled module (can run code)")
     p_exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p_exp.set_defaults(func=cmd_export)
+
+    p_all = sub.add_parser("everything", help="segment everything: hierarchical (TinySAM) or point-grid (SAM) mode")
+    p_all.add_argument("image", type=Path, help="input image file")
+    p_all.add_argument("--out", type=Path, required=True, help="folder for overlay.png and masks.json")
+    p_all.add_argument("--mode", choices=["hierarchical", "grid"], default="hierarchical", help="(default: %(default)s)")
+    p_all.add_argument("--points-per-side", type=int, default=32, help="full grid density (default: %(default)s)")
+    p_all.add_argument("--points-per-batch", type=int, default=64, help="prompts per decoder call (default: %(default)s)")
+    p_all.add_argument("--pred-iou-thresh", type=float, default=0.88, help="(default: %(default)s)")
+    p_all.add_argument("--stability-score-thresh", type=float, default=0.95, help="(default: %(default)s)")
+    p_all.add_argument("--high-score-thresh", type=float, default=8.5, help="hierarchical coverage logit threshold (default: %(default)s)")
+    p_all.add_argument("--box-nms-thresh", type=float, default=0.7, help="(default: %(default)s)")
+    p_all.add_argument("--min-mask-region-area", type=int, default=0, help="fill holes / drop islands smaller than this (default: off)")
+    _add_model_options(p_all)
+    p_all.set_defaults(func=cmd_everything)
 
     p_bench = sub.add_parser("bench", help="benchmark torch eager vs OpenVINO (f32, bf16, INT8) and benchmark_app on every IR")
     p_bench.add_argument("--quick", action="store_true", help="only the Python pipeline: torch eager vs OpenVINO f32/bf16")

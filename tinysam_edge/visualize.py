@@ -43,3 +43,16 @@ def draw_overlay(
         cv2.rectangle(out, (0, 0), (tw + 8, th + base + 8), (0, 0, 0), -1)
         cv2.putText(out, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return out
+
+
+def draw_masks(image: np.ndarray, masks: list[np.ndarray], alpha: float = 0.55, seed: int = 0) -> np.ndarray:
+    """Paint every mask in its own colour (largest first, so small masks stay visible) with a thin outline."""
+    out = image.astype(np.float32)
+    colors = np.random.default_rng(seed).integers(40, 256, (len(masks), 3))
+    for i in sorted(range(len(masks)), key=lambda k: -int(masks[k].sum())):
+        out[masks[i]] = out[masks[i]] * (1 - alpha) + colors[i] * alpha
+    out = out.astype(np.uint8)
+    for mask in masks:
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    return out

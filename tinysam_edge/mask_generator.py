@@ -1,0 +1,321 @@
+"""Automatic ("everything") mask generation: SAM's point-grid generator and TinySAM's hierarchical one.
+
+Both follow the reference algorithms without crops: decode a point grid in batches (3 masks per
+point), keep masks whose predicted IoU and stability pass, box-NMS the rest. The work is ordered
+for a CPU without changing the result: the IoU filter runs on the 256x256 outputs, only its
+survivors are upscaled (in memory-bounded chunks), and full-resolution masks are kept bit-packed.
+"""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .image import to_rgb_uint8
+from .masks import MASK_THRESHOLD
+from .predictor import PredictorBase
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+#: Full-resolution float32 logits held at once while upscaling (about 256 MB).
+UPSCALE_BUDGET_PIXELS = 64 * 1024 * 1024
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """(n*n, 2) cell centres of an n x n grid in [0, 1]^2, x varying fastest (SAM's layout)."""
+    offset = 1.0 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs, ys = np.meshgrid(side, side)
+    return np.stack([xs.ravel(), ys.ravel()], axis=-1)
+
+
+def mask_to_box(mask: np.ndarray) -> np.ndarray:
+    """XYXY box with inclusive max coordinates (SAM's convention); zeros for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return np.zeros(4, np.float32)
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float32)
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS with torchvision's semantics: stable descending score order, suppress when IoU > threshold.
+
+    Hand-written in numpy because the runtime must not depend on torchvision, and OpenCV's
+    NMSBoxes differs in score filtering and tie order.
+    """
+    boxes = boxes.astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
+        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
+        inter = w * h
+        iou = inter / (areas[i] + areas[rest] - inter)
+        order = rest[~(iou > iou_threshold)]
+    return np.array(keep, dtype=np.int64)
+
+
+def mask_to_uncompressed_rle(mask: np.ndarray) -> dict:
+    """Column-major run lengths starting with a run of zeros (the COCO / SAM uncompressed RLE)."""
+    flat = mask.T.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``area_thresh``; report a change."""
+    fill_holes = mode == "holes"
+    working = (fill_holes ^ mask).astype(np.uint8)
+    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)
+    sizes = stats[1:, cv2.CC_STAT_AREA]
+    small = [i + 1 for i, s in enumerate(sizes) if s < area_thresh]
+    if not small:
+        return mask, False
+    fill = [0] + small
+    if not fill_holes:
+        fill = [i for i in range(n_labels) if i not in fill] or [int(np.argmax(sizes)) + 1]
+    return np.isin(regions, fill), True
+
+
+@dataclass
+class MaskRecords:
+    """Kept masks (bit-packed at full resolution) with their boxes, scores and prompts."""
+
+    shape: tuple[int, int]
+    packed: list[np.ndarray] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+    iou: list[float] = field(default_factory=list)
+    stability: list[float] = field(default_factory=list)
+    points: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def add(self, mask: np.ndarray, iou: float, stability: float, point: np.ndarray) -> None:
+        self.packed.append(np.packbits(mask, axis=None))
+        self.boxes.append(mask_to_box(mask))
+        self.iou.append(float(iou))
+        self.stability.append(float(stability))
+        self.points.append(point)
+
+    def mask(self, i: int) -> np.ndarray:
+        h, w = self.shape
+        return np.unpackbits(self.packed[i], count=h * w).reshape(h, w).astype(bool)
+
+    def extend(self, other: "MaskRecords") -> None:
+        for name in ("packed", "boxes", "iou", "stability", "points"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def select(self, keep: np.ndarray) -> "MaskRecords":
+        out = MaskRecords(self.shape)
+        for name in ("packed", "boxes", "iou", "stability", "points"):
+            values = getattr(self, name)
+            setattr(out, name, [values[i] for i in keep])
+        return out
+
+
+class MaskGenerator:
+    """SAM's automatic mask generator (``SamAutomaticMaskGenerator`` without crops) on any predictor.
+
+    ``generate(image)`` returns SAM's list of dicts: ``segmentation`` (per ``output_mode``), ``area``,
+    ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``, in NMS
+    order (best predicted IoU first). ``stats`` holds counts and seconds of the last call.
+    """
+
+    def __init__(
+        self,
+        predictor: PredictorBase,
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        progress: bool = False,
+    ) -> None:
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if output_mode == "coco_rle":
+            try:
+                from pycocotools import mask as _  # noqa: F401
+            except ImportError as exc:
+                raise ImportError("output_mode='coco_rle' needs pycocotools: pip install 'tinysam-edge[eval]'") from exc
+        self.predictor = predictor
+        self.points_per_side = points_per_side
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.progress = progress
+        self.stats: dict = {}
+
+    def generate(self, image: np.ndarray) -> list[dict]:
+        """All masks of an HxWx3 uint8 RGB image."""
+        h, w = self._set_image(image)
+        points = build_point_grid(self.points_per_side) * np.array([w, h])
+        records, _ = self._decode_points(points, "grid")
+        return self._finish(records)
+
+    def _set_image(self, image: np.ndarray) -> tuple[int, int]:
+        self.stats = {"seconds": {"encoder": 0.0, "decoder": 0.0, "upscale_and_filter": 0.0, "nms_and_output": 0.0}}
+        start = time.perf_counter()
+        self.predictor.set_image(to_rgb_uint8(image))
+        self.stats["seconds"]["encoder"] = time.perf_counter() - start
+        return self.predictor.original_size
+
+    def _batches(self, points: np.ndarray, desc: str) -> Iterator[np.ndarray]:
+        starts = range(0, len(points), self.points_per_batch)
+        for start in tqdm(starts, desc=f"{desc} batches", unit="batch", disable=not self.progress):
+            yield points[start : start + self.points_per_batch]
+
+    def _decode_points(self, points: np.ndarray, stage: str, high_score_thresh: float | None = None) -> tuple[MaskRecords, np.ndarray | None]:
+        """Decode single-point prompts and keep the masks that pass the filters.
+
+        With ``high_score_thresh``, also return the OR of (logits > it) over the kept masks.
+        """
+        h, w = self.predictor.original_size
+        records = MaskRecords((h, w))
+        coverage = np.zeros((h, w), bool) if high_score_thresh is not None else None
+        counts = {"prompts": len(points), "masks_decoded": 0, "passed_pred_iou": 0, "kept": 0}
+        chunk = max(1, UPSCALE_BUDGET_PIXELS // (h * w))
+        seconds = self.stats["seconds"]
+        for batch in self._batches(points, stage):
+            start = time.perf_counter()
+            low_res, iou = self.predictor.decode_batch(batch[:, None, :], np.ones((len(batch), 1)), multimask_output=True)
+            seconds["decoder"] += time.perf_counter() - start
+            start = time.perf_counter()
+            low_res, iou = low_res.reshape(-1, *low_res.shape[2:]), iou.reshape(-1)
+            batch_points = np.repeat(batch, low_res.shape[0] // len(batch), axis=0)
+            counts["masks_decoded"] += len(iou)
+            # The IoU filter needs no pixels, so it runs before any upscaling (same result, far less work).
+            keep = np.flatnonzero(iou > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou))
+            counts["passed_pred_iou"] += len(keep)
+            for first in range(0, len(keep), chunk):
+                idx = keep[first : first + chunk]
+                logits = self.predictor.upscale(low_res[idx])
+                stability = self._stability(logits)
+                passed = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(idx), bool)
+                for j in np.flatnonzero(passed):
+                    if coverage is not None:
+                        coverage |= logits[j] > high_score_thresh
+                    records.add(logits[j] > MASK_THRESHOLD, iou[idx[j]], stability[j], batch_points[idx[j]])
+            seconds["upscale_and_filter"] += time.perf_counter() - start
+        counts["kept"] = len(records)
+        self.stats[stage] = counts
+        return records, coverage
+
+    def _stability(self, logits: np.ndarray) -> np.ndarray:
+        """IoU between the masks thresholded at +offset and -offset (SAM's stability score)."""
+        inter = (logits > MASK_THRESHOLD + self.stability_score_offset).sum(axis=(1, 2), dtype=np.int64)
+        union = (logits > MASK_THRESHOLD - self.stability_score_offset).sum(axis=(1, 2), dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return inter / union
+
+    def _finish(self, records: MaskRecords) -> list[dict]:
+        start = time.perf_counter()
+        self.stats["before_nms"] = len(records)
+        if len(records):
+            records = records.select(box_nms(np.stack(records.boxes), np.array(records.iou), self.box_nms_thresh))
+        if self.min_mask_region_area > 0 and len(records):
+            records = self._remove_small_regions(records)
+        self.stats["after_nms"] = len(records)
+        out = [self._record(records, i) for i in range(len(records))]
+        self.stats["seconds"]["nms_and_output"] = time.perf_counter() - start
+        return out
+
+    def _remove_small_regions(self, records: MaskRecords) -> MaskRecords:
+        """SAM's clean-up: fill small holes, drop small islands, then prefer untouched masks in a second NMS."""
+        cleaned, scores = MaskRecords(records.shape), []
+        for i in range(len(records)):
+            mask, holes = remove_small_regions(records.mask(i), self.min_mask_region_area, "holes")
+            mask, islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
+            cleaned.add(mask, records.iou[i], records.stability[i], records.points[i])
+            scores.append(0.0 if holes or islands else 1.0)
+        return cleaned.select(box_nms(np.stack(cleaned.boxes), np.array(scores), self.box_nms_thresh))
+
+    def _record(self, records: MaskRecords, i: int) -> dict:
+        mask = records.mask(i)
+        x0, y0, x1, y1 = (int(v) for v in records.boxes[i])
+        h, w = records.shape
+        if self.output_mode == "binary_mask":
+            segmentation = mask
+        elif self.output_mode == "uncompressed_rle":
+            segmentation = mask_to_uncompressed_rle(mask)
+        else:
+            from pycocotools import mask as mask_utils
+
+            segmentation = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            segmentation["counts"] = segmentation["counts"].decode("utf-8")
+        return {
+            "segmentation": segmentation,
+            "area": int(mask.sum()),
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "predicted_iou": records.iou[i],
+            "point_coords": [records.points[i].tolist()],
+            "stability_score": records.stability[i],
+            "crop_box": [0, 0, w, h],
+        }
+
+
+class HierarchicalMaskGenerator(MaskGenerator):
+    """TinySAM's hierarchical everything mode: a sparse grid first, then only the points it left uncovered.
+
+    Stage 1 decodes a (points_per_side / 4)^2 grid; the kept masks' high-confidence pixels
+    (logit > ``high_score_thresh``) cover the image. Stage 2 visits the full-density lattice around
+    each stage-1 point (spacing W // points_per_side) and decodes only uncovered points; one NMS
+    runs over both stages. Where stage 1 covers every stage-2 point (the official code raises
+    there), the stage-1 masks are returned.
+    """
+
+    def __init__(self, predictor: PredictorBase, high_score_thresh: float = 8.5, **kwargs) -> None:
+        super().__init__(predictor, **kwargs)
+        self.high_score_thresh = high_score_thresh
+
+    def generate(self, image: np.ndarray) -> list[dict]:
+        """All masks of an HxWx3 uint8 RGB image, hierarchically."""
+        h, w = self._set_image(image)
+        stage1_points = build_point_grid(self.points_per_side // 4) * np.array([w, h])
+        stage1, coverage = self._decode_points(stage1_points, "stage1", self.high_score_thresh)
+        candidates = self.stage2_candidates(stage1_points, w, h)
+        covered = coverage[candidates[:, 1].astype(int), candidates[:, 0].astype(int)]
+        self.stats["stage2_candidates"] = len(candidates)
+        self.stats["stage2_covered"] = int(covered.sum())
+        self.stats["covered_flags"] = covered
+        # The official code passes the points through [0, 1] (x / W, then * W); so does this.
+        stage2_points = candidates[~covered] / np.array([w, h]) * np.array([w, h])
+        records = MaskRecords((h, w))
+        if len(stage2_points):
+            records, _ = self._decode_points(stage2_points, "stage2")
+        records.extend(stage1)  # stage 2 first, then stage 1: the official pre-NMS order
+        return self._finish(records)
+
+    def stage2_candidates(self, stage1_points: np.ndarray, w: int, h: int) -> np.ndarray:
+        """The lattice points around each stage-1 point, in the official visiting order.
+
+        Offsets (dx, dy) in {-1, 0, 1}^2 minus (0, 0) column by column, then dx = 2 (if inside),
+        then dy = 2 (if inside), then (2, 2), in steps of W // points_per_side and H // points_per_side.
+        """
+        ws, hs = w // self.points_per_side, h // self.points_per_side
+        out = []
+        for x, y in stage1_points:
+            offsets = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)]
+            right, below = x + 2 * ws < w, y + 2 * hs < h
+            offsets += [(2, dy) for dy in (-1, 0, 1)] if right else []
+            offsets += [(dx, 2) for dx in (-1, 0, 1)] if below else []
+            offsets += [(2, 2)] if right and below else []
+            out.extend((x + dx * ws, y + dy * hs) for dx, dy in offsets)
+        return np.array(out, dtype=np.float64).reshape(-1, 2)
