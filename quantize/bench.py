@@ -11,7 +11,7 @@ import numpy as np
 import openvino as ov
 import torch
 
-from tinysam_edge import Predictor, __version__
+from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor, __version__
 from tinysam_edge.manifest import ENCODER_INPUT, Manifest
 from tinysam_edge.models import TorchPredictor, build_sam
 from tinysam_edge.predictor import PredictorBase
@@ -207,3 +207,61 @@ def plot(report: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def everything_bench(
+    model_dirs: dict[str, Path],
+    image: np.ndarray,
+    precisions: tuple[str, ...] = ("f32", "bf16"),
+    rounds: int = 2,
+    device: str = "CPU",
+    generator_options: dict | None = None,
+    log=print,
+) -> dict:
+    """Hierarchical vs 32x32-grid everything mode per OpenVINO variant, interleaved round by round.
+
+    Reports median seconds per stage (encoder, decoder, upscaling + filters, NMS + output), the
+    prompts each mode decoded, the masks it returned and the grid/hierarchical time ratio.
+    """
+    options = generator_options or {}
+    grid_options = {k: v for k, v in options.items() if k != "high_score_thresh"}
+    variants = {}
+    for label, folder in model_dirs.items():
+        variants.update(_openvino_variants(folder, device, precisions, label))
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for r in range(rounds):
+        for name, predictor in variants.items():
+            for mode, generator in (("hierarchical", HierarchicalMaskGenerator(predictor, **options)), ("grid", MaskGenerator(predictor, **grid_options))):
+                start = time.perf_counter()
+                masks = generator.generate(image)
+                total = time.perf_counter() - start
+                stats = generator.stats
+                prompts = sum(stats[s]["prompts"] for s in ("grid", "stage1", "stage2") if s in stats)
+                runs.setdefault((name, mode), []).append({"total_s": total, **{f"{k}_s": v for k, v in stats["seconds"].items()}, "prompts": prompts, "masks": len(masks)})
+                log(f"round {r + 1}/{rounds}: {name} {mode}: {total:.1f} s, {prompts} prompts, {len(masks)} masks")
+    results = {}
+    for (name, mode), samples in runs.items():
+        results.setdefault(name, {})[mode] = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+    for modes in results.values():
+        modes["grid_over_hierarchical"] = modes["grid"]["total_s"] / modes["hierarchical"]["total_s"]
+    return {**_environment(device), "image_hw": list(image.shape[:2]), "options": options, "rounds": rounds, "results": results}
+
+
+def format_everything(report: dict) -> str:
+    """A Markdown table of an ``everything_bench`` report."""
+    h, w = report["image_hw"]
+    lines = [
+        f"everything mode on a {w}x{h} image, {report['cpu']}, {report['cores']} cores; options {report['options']}; medians of {report['rounds']} rounds",
+        "",
+        "| variant | mode | total s | encoder s | decoder s | upscale + filters s | NMS + output s | prompts | masks | grid / hierarchical |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, modes in report["results"].items():
+        for mode in ("hierarchical", "grid"):
+            r = modes[mode]
+            ratio = f"{modes['grid_over_hierarchical']:.2f}x" if mode == "hierarchical" else ""
+            lines.append(
+                f"| {name} | {mode} | {r['total_s']:.2f} | {r['encoder_s']:.2f} | {r['decoder_s']:.2f} | {r['upscale_and_filter_s']:.2f}"
+                f" | {r['nms_and_output_s']:.2f} | {r['prompts']:.0f} | {r['masks']:.0f} | {ratio} |"
+            )
+    return "\n".join(lines)

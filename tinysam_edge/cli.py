@@ -219,10 +219,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _, export = _torch_side("bench")
     from .quantize import bench
 
+    model_dir = args.model_dir or export.cached_model_dir(args.checkpoint, log=_log)
+    if args.everything is not None:
+        return _bench_everything(args, bench, model_dir)
     outputs = [args.out_dir / name for name in ("bench.json", "bench.md", "bench.png")]
     for path in outputs:
         _check_output(path, args.overwrite, [], (path.suffix,))
-    model_dir = args.model_dir or export.cached_model_dir(args.checkpoint, log=_log)
     if args.quick:
         report = bench.quick_bench(model_dir, args.checkpoint, rounds=args.rounds, device=args.device, log=_log)
     else:
@@ -233,6 +235,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     outputs[0].write_text(json.dumps(report, indent=2) + "\n")
     outputs[1].write_text(table + "\n")
     bench.plot(report, outputs[2])
+    print(f"results -> {', '.join(map(str, outputs))}")
+    return 0
+
+
+def _bench_everything(args: argparse.Namespace, bench, model_dir: Path) -> int:
+    outputs = [args.out_dir / name for name in ("everything.json", "everything.md")]
+    for path in outputs:
+        _check_output(path, args.overwrite, [], (path.suffix,))
+    image = load_image(args.everything)
+    dirs = {"fp32-IR": model_dir} | ({"int8-IR": args.int8_dir} if args.int8_dir is not None else {})
+    options = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh, "high_score_thresh": args.high_score_thresh}
+    options["points_per_batch"] = args.points_per_batch
+    report = bench.everything_bench(dirs, image, rounds=args.rounds, device=args.device, generator_options=options, log=_log)
+    table = bench.format_everything(report)
+    print(table)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    outputs[0].write_text(json.dumps(report, indent=2) + "\n")
+    outputs[1].write_text(table + "\n")
     print(f"results -> {', '.join(map(str, outputs))}")
     return 0
 
@@ -396,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--rounds", type=int, default=5, help="interleaved pipeline rounds (default: %(default)s)")
     p_bench.add_argument("--seconds", type=int, default=10, help="seconds per benchmark_app run (default: %(default)s)")
     p_bench.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench.json/.md/.png go (default: %(default)s)")
+    p_bench.add_argument("--everything", type=Path, metavar="IMAGE", help="instead: hierarchical vs grid everything mode on IMAGE")
+    p_bench.add_argument("--points-per-batch", type=int, default=32, help="everything: prompts per decoder call (default: %(default)s)")
+    p_bench.add_argument("--pred-iou-thresh", type=float, default=0.88, help="everything: (default: %(default)s)")
+    p_bench.add_argument("--stability-score-thresh", type=float, default=0.95, help="everything: (default: %(default)s)")
+    p_bench.add_argument("--high-score-thresh", type=float, default=8.5, help="everything: (default: %(default)s)")
     _add_model_options(p_bench, backends=False)
     p_bench.set_defaults(func=cmd_bench)
 
