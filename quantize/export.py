@@ -182,7 +182,8 @@ def cached_model_dir(checkpoint: str | Path, flavour: str | None = None, trust_p
     """The exported model dir for a checkpoint, exporting it into the cache on first use."""
     path, _ = resolve_checkpoint(checkpoint)
     digest = sha256_file(Path(path))
-    name = f"{Path(path).stem}-{digest[:12]}" + (f"-{flavour}" if flavour else "")
+    # keyed by weights, flavour and package version, so an upgrade never reuses an IR of an older graph
+    name = f"{Path(path).stem}-{digest[:12]}-v{__version__}" + (f"-{flavour}" if flavour else "")
     model_dir = cache_dir() / "ir" / name
     try:
         Manifest.read(model_dir)
