@@ -70,3 +70,16 @@ def parity_model_dir(parity_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ir_parity") / "model"
     export_checkpoint(parity_dir / "weights.pt", out, log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def int8_dir(parity_model_dir, tmp_path_factory) -> Path:
+    """The parity model dir quantized (encoder and decoder W8A8) on three coco_mini images."""
+    pytest.importorskip("nncf")
+    from tinysam_edge.quantize.ptq import quantize_model_dir
+    from tinysam_edge.quantize.sampling import list_images
+
+    images = list_images(require(DATA / "coco_mini" / "images"))[:3]
+    out = tmp_path_factory.mktemp("int8") / "model"
+    quantize_model_dir(parity_model_dir, images, out, subset_size=3, decoder="int8", log=lambda *_: None)
+    return out

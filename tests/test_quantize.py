@@ -24,13 +24,6 @@ def coco_images():
     return list_images(require(DATA / "coco_mini" / "images"))
 
 
-@pytest.fixture(scope="module")
-def int8_dir(parity_model_dir, coco_images, tmp_path_factory):
-    out = tmp_path_factory.mktemp("int8") / "model"
-    quantize_model_dir(parity_model_dir, coco_images[:3], out, subset_size=3, decoder="int8", log=lambda *_: None)
-    return out
-
-
 def _op_counts(xml) -> collections.Counter:
     return collections.Counter(op.get_type_name() for op in ov.Core().read_model(xml).get_ops())
 

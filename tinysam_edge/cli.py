@@ -344,6 +344,58 @@ def cmd_everything(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coco_eval(predictor: "PredictorBase", args: argparse.Namespace) -> tuple[dict, float]:
+    from .quantize.coco_eval import run_coco_eval
+
+    start = time.perf_counter()
+    report = run_coco_eval(predictor, args.images, args.annotations, args.detections, limit=args.limit)
+    return report, time.perf_counter() - start
+
+
+def cmd_eval_coco(args: argparse.Namespace) -> int:
+    """TinySAM's zero-shot COCO protocol: detection boxes -> best masks -> COCOeval segm."""
+    summary_path = args.out.with_name(args.out.stem + ".summary.json")
+    for path in (args.out, summary_path):
+        _check_output(path, args.overwrite, [], (".json",))
+    predictor = make_predictor(args)
+    report, seconds = _coco_eval(predictor, args)
+    print(report["summary"])
+    per_image = seconds / report["images"]
+    print(f"{report['images']} images, {report['detections']} detections on {_describe(predictor)}: {seconds:.1f} s ({per_image:.2f} s per image); warnings {report['warnings']}")
+    args.out.write_text(json.dumps(report.pop("results")) + "\n")
+    summary_path.write_text(json.dumps({**report, "backend": _describe(predictor), "seconds": seconds, "seconds_per_image": per_image}, indent=2) + "\n")
+    print(f"results -> {args.out}, summary -> {summary_path}")
+    return 0
+
+
+def cmd_eval_compare(args: argparse.Namespace) -> int:
+    """COCO AP of two model dirs (e.g. FP32 and INT8) on the same detections, side by side."""
+    from .predictor import Predictor
+
+    _check_output(args.out, args.overwrite, [], (".json",))
+    reports = {}
+    for name, folder in (("reference", args.reference), ("candidate", args.candidate)):
+        predictor = Predictor(folder, device=args.device, precision=args.precision)
+        report, seconds = _coco_eval(predictor, args)
+        report.pop("results")
+        reports[name] = {**report, "model_dir": str(folder), "backend": _describe(predictor), "seconds_per_image": seconds / report["images"]}
+    ref, cand = reports["reference"]["stats"], reports["candidate"]["stats"]
+    print("| metric | reference | candidate | drop |\n| --- | --- | --- | --- |")
+    for key in ref:
+        print(f"| {key} | {ref[key]:.3f} | {cand[key]:.3f} | {ref[key] - cand[key]:+.3f} |")
+    print(f"seconds per image: reference {reports['reference']['seconds_per_image']:.2f}, candidate {reports['candidate']['seconds_per_image']:.2f}")
+    args.out.write_text(json.dumps(reports, indent=2) + "\n")
+    print(f"report -> {args.out}")
+    return 0
+
+
+def _add_eval_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=Path, required=True, help="folder of the annotated images")
+    parser.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON (ground truth)")
+    parser.add_argument("--detections", type=Path, required=True, help="COCO results JSON of detector boxes (every entry is used)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images (by id)")
+
+
 def _add_model_options(parser: argparse.ArgumentParser, backends: bool = True) -> None:
     parser.add_argument("--checkpoint", default=weights.DEFAULT_WEIGHTS, help="checkpoint file or registry name (default: %(default)s)")
     parser.add_argument("--model-dir", type=Path, help="exported OpenVINO model dir (default: export --checkpoint once into the cache)")
@@ -409,6 +461,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_all.add_argument("--min-mask-region-area", type=int, default=0, help="fill holes / drop islands smaller than this (default: off)")
     _add_model_options(p_all)
     p_all.set_defaults(func=cmd_everything)
+
+    p_eval = sub.add_parser("eval", help="zero-shot instance segmentation on COCO (box prompts from a detector)")
+    esub = p_eval.add_subparsers(dest="eval_command", required=True, parser_class=_Parser)
+    p_coco = esub.add_parser("coco", help="segment every detection and run COCOeval segm")
+    _add_eval_inputs(p_coco)
+    p_coco.add_argument("--out", type=Path, default=Path("coco_results.json"), help="results JSON; the summary goes beside it (default: %(default)s)")
+    _add_model_options(p_coco)
+    p_coco.set_defaults(func=cmd_eval_coco)
+    p_ecmp = esub.add_parser("compare", help="COCO AP of two model dirs (e.g. FP32 vs INT8) on the same detections")
+    _add_eval_inputs(p_ecmp)
+    p_ecmp.add_argument("--reference", type=Path, required=True, help="reference model dir (FP32)")
+    p_ecmp.add_argument("--candidate", type=Path, required=True, help="candidate model dir (e.g. INT8)")
+    p_ecmp.add_argument("--device", default="CPU", help="OpenVINO device (default: %(default)s)")
+    p_ecmp.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (default: f32 on CPU/GPU)")
+    p_ecmp.add_argument("--out", type=Path, default=Path("coco_compare.json"), help="JSON report (default: %(default)s)")
+    p_ecmp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p_ecmp.set_defaults(func=cmd_eval_compare)
 
     p_bench = sub.add_parser("bench", help="benchmark torch eager vs OpenVINO (f32, bf16, INT8) and benchmark_app on every IR")
     p_bench.add_argument("--quick", action="store_true", help="only the Python pipeline: torch eager vs OpenVINO f32/bf16")

@@ -1,0 +1,142 @@
+"""Zero-shot instance segmentation on COCO (TinySAM's protocol): every detection box -> best mask -> COCOeval "segm"."""
+
+import contextlib
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tinysam_edge import load_image
+from tinysam_edge.errors import TinySamError
+from tinysam_edge.masks import MASK_THRESHOLD
+from tinysam_edge.predictor import PredictorBase
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+BOX_BATCH = 32
+
+
+def _pycocotools():
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as exc:
+        raise TinySamError("COCO evaluation needs pycocotools: pip install 'tinysam-edge[eval]'") from exc
+    return mask_utils, COCO, COCOeval
+
+
+def read_json(path: str | Path, what: str) -> object:
+    """Load a JSON file with one clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinySamError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TinySamError(f"{what} {path} is not valid JSON ({exc})") from exc
+
+
+def load_ground_truth(annotations: str | Path):
+    """A pycocotools COCO object from an instances JSON, without pycocotools' chatter."""
+    _, COCO, _ = _pycocotools()
+    data = read_json(annotations, "annotations")
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
+        raise TinySamError(f"{annotations} is not a COCO instances file (needs images, annotations, categories)")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def check_detections(detections: object, coco, images_dir: Path, image_ids: list[int] | None = None) -> tuple[list[dict], dict]:
+    """Validate COCO-format detections against the ground truth; returns the usable ones and counted warnings.
+
+    Unknown image ids, missing image files, malformed entries and an empty list are errors (they
+    would silently change AP); detections of categories the ground truth lacks are dropped and counted.
+    """
+    if not isinstance(detections, list) or not detections:
+        raise TinySamError("the detections file holds no detections (expected a non-empty COCO results list)")
+    for i, det in enumerate(detections):
+        if not isinstance(det, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(det) or len(det["bbox"]) != 4:
+            raise TinySamError(f"detection {i} is not a COCO result with image_id, category_id, bbox [x, y, w, h] and score: {str(det)[:120]}")
+    known_images = set(coco.getImgIds())
+    unknown = sorted({d["image_id"] for d in detections} - known_images)
+    if unknown:
+        raise TinySamError(f"{len(unknown)} image ids of the detections are not in the annotations (first: {unknown[:5]})")
+    wanted = set(image_ids) if image_ids is not None else known_images
+    missing = sorted({coco.imgs[i]["file_name"] for i in wanted if not (images_dir / coco.imgs[i]["file_name"]).is_file()})
+    if missing:
+        raise TinySamError(f"{len(missing)} images are missing from {images_dir} (first: {missing[:3]})")
+    categories = set(coco.getCatIds())
+    usable = [d for d in detections if d["image_id"] in wanted and d["category_id"] in categories]
+    warnings = {"unknown_category": sum(d["category_id"] not in categories for d in detections if d["image_id"] in wanted)}
+    return usable, warnings
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO compressed RLE of a boolean mask, counts as str (JSON-ready)."""
+    mask_utils, _, _ = _pycocotools()
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
+
+
+def segment_detections(predictor: PredictorBase, coco, detections: list[dict], images_dir: Path, progress: bool = True) -> tuple[list[dict], dict]:
+    """Box-prompt every detection, keep the best-IoU mask (tokens 1..3) as COCO RLE; drop the detector's bbox.
+
+    Detections are grouped by image, so the encoder runs once per image whatever their order. Boxes
+    reaching outside the image are clipped to it (counted).
+    """
+    by_image = defaultdict(list)
+    for det in detections:
+        by_image[det["image_id"]].append(det)
+    results, clipped = [], 0
+    for image_id in tqdm(sorted(by_image), desc="segmenting", unit="image", disable=not progress):
+        info = coco.imgs[image_id]
+        predictor.set_image(load_image(images_dir / info["file_name"]))
+        h, w = predictor.original_size
+        dets = by_image[image_id]
+        boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (d["bbox"] for d in dets)], dtype=np.float64)
+        inside = np.clip(boxes, 0, [w, h, w, h])
+        clipped += int((inside != boxes).any(axis=1).sum())
+        inside[:, 2:] = np.maximum(inside[:, 2:], inside[:, :2])
+        for start in range(0, len(dets), BOX_BATCH):
+            low_res, _ = predictor.decode_batch(boxes=inside[start : start + BOX_BATCH], multimask_output=False)
+            masks = predictor.upscale(low_res[:, 0]) > MASK_THRESHOLD
+            for det, mask in zip(dets[start : start + BOX_BATCH], masks):
+                results.append({"image_id": image_id, "category_id": det["category_id"], "score": det["score"], "segmentation": encode_rle(mask)})
+    return results, {"clipped_boxes": clipped}
+
+
+def evaluate_segm(coco, results: list[dict], image_ids: list[int]) -> tuple[dict[str, float], str]:
+    """COCOeval "segm" with default parameters on ``image_ids``; returns the 12 stats and the printed summary."""
+    _, _, COCOeval = _pycocotools()
+    if not results:
+        raise TinySamError("no results to evaluate")
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = coco.loadRes([dict(r) for r in results])
+    evaluator = COCOeval(coco, dt, "segm")
+    evaluator.params.imgIds = sorted(image_ids)
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    lines = [line for line in summary.getvalue().splitlines() if line.startswith(" Average")]
+    return dict(zip(STAT_NAMES, (float(v) for v in evaluator.stats))), "\n".join(lines)
+
+
+def run_coco_eval(predictor: PredictorBase, images_dir: str | Path, annotations: str | Path, detections: str | Path, limit: int | None = None, progress: bool = True) -> dict:
+    """The whole protocol: validate inputs, segment every detection, COCOeval; returns stats, summary and results."""
+    images_dir = Path(images_dir)
+    coco = load_ground_truth(annotations)
+    image_ids = sorted(coco.getImgIds())[:limit] if limit else None
+    dets, warnings = check_detections(read_json(detections, "detections"), coco, images_dir, image_ids)
+    if not dets:
+        raise TinySamError("no detection refers to the evaluated images with a known category")
+    results, seg_warnings = segment_detections(predictor, coco, dets, images_dir, progress)
+    stats, summary = evaluate_segm(coco, results, image_ids or sorted(coco.getImgIds()))
+    return {"stats": stats, "summary": summary, "images": len(image_ids or coco.getImgIds()), "detections": len(dets), "warnings": warnings | seg_warnings, "results": results}

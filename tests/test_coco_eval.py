@@ -1,0 +1,94 @@
+"""COCO zero-shot evaluation: the RLE writer, an oracle that must score AP 1.0, the real pipeline, and bad inputs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+mask_utils = pytest.importorskip("pycocotools.mask")
+
+from conftest import DATA, require  # noqa: E402
+
+from tinysam_edge.errors import TinySamError  # noqa: E402
+from tinysam_edge.quantize.coco_eval import check_detections, encode_rle, evaluate_segm, load_ground_truth, run_coco_eval  # noqa: E402
+
+COCO8 = "instances_coco8seg.json"
+DETS8 = "gt_derived_jittered_bbox_results_coco8seg.json"
+
+
+@pytest.fixture(scope="module")
+def coco_mini():
+    return require(DATA / "coco_mini")
+
+
+@pytest.mark.parametrize("shape, fill", [((1, 1), True), ((1, 1), False), ((7, 1), "one"), ((1, 9), "one"), ((5, 4), False), ((5, 4), True), ((300, 200), "one")])
+def test_rle_writer_round_trips_odd_shapes(shape, fill):
+    mask = np.zeros(shape, bool) if fill in (False, "one") else np.ones(shape, bool)
+    if fill == "one":
+        mask[shape[0] // 2, shape[1] // 2] = True
+    rle = encode_rle(mask)
+    assert rle["size"] == list(shape) and isinstance(rle["counts"], str)
+    json.dumps(rle)
+    assert np.array_equal(mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool), mask)
+    assert int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()})) == int(mask.sum())
+
+
+def test_oracle_ground_truth_masks_score_ap_one(coco_mini):
+    coco = load_ground_truth(coco_mini / "annotations" / "instances_coco128seg.json")
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0, "segmentation": encode_rle(coco.annToMask(a).astype(bool))}
+        for a in coco.dataset["annotations"]
+        if not a.get("iscrowd", 0)
+    ]
+    stats, summary = evaluate_segm(coco, results, coco.getImgIds())
+    assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
+    assert len(summary.splitlines()) == 12
+    shuffled = [dict(r, category_id=r["category_id"]) for r in results[::-1]]
+    assert evaluate_segm(coco, shuffled, coco.getImgIds())[0]["AP"] == pytest.approx(1.0)  # order does not matter
+
+
+def test_pipeline_on_the_8_image_subset(coco_mini, parity_model_dir):
+    from tinysam_edge import Predictor
+
+    report = run_coco_eval(Predictor(parity_model_dir), coco_mini / "images", coco_mini / "annotations" / COCO8, coco_mini / "detections" / DETS8, progress=False)
+    assert report["images"] == 8 and report["detections"] == 30 and len(report["results"]) == 30
+    assert set(report["stats"]) >= {"AP", "AP50", "AR100"} and all(-1.0 <= v <= 1.0 for v in report["stats"].values())
+    assert len(report["summary"].splitlines()) == 12 and report["warnings"]["unknown_category"] == 0
+
+
+def test_fp32_vs_int8_compare_cli(coco_mini, parity_model_dir, int8_dir, tmp_path):
+    out = tmp_path / "cmp.json"
+    cmd = [sys.executable, "-m", "tinysam_edge", "eval", "compare", "--reference", str(parity_model_dir), "--candidate", str(int8_dir)]
+    cmd += ["--images", str(coco_mini / "images"), "--annotations", str(coco_mini / "annotations" / COCO8), "--detections", str(coco_mini / "detections" / DETS8)]
+    cmd += ["--limit", "3", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["reference"]["images"] == report["candidate"]["images"] == 3
+    assert "| AP |" in result.stdout and report["candidate"]["seconds_per_image"] > 0
+
+
+def test_bad_inputs(coco_mini, parity_model_dir, tmp_path):
+    coco = load_ground_truth(coco_mini / "annotations" / COCO8)
+    images = coco_mini / "images"
+    good = {"image_id": 9, "category_id": 51, "bbox": [1, 2, 30, 40], "score": 0.5}
+    with pytest.raises(TinySamError, match="no detections"):
+        check_detections([], coco, images)
+    with pytest.raises(TinySamError, match="not in the annotations"):
+        check_detections([good | {"image_id": 123456}], coco, images)
+    with pytest.raises(TinySamError, match="detection 1 is not a COCO result"):
+        check_detections([good, {"image_id": 9}], coco, images)
+    usable, warnings = check_detections([good, good | {"category_id": 999}], coco, images)
+    assert len(usable) == 1 and warnings["unknown_category"] == 1
+    with pytest.raises(TinySamError, match="images are missing"):
+        check_detections([good], coco, tmp_path)
+    (tmp_path / "bad.json").write_text("{not json")
+    result = subprocess.run(
+        [sys.executable, "-m", "tinysam_edge", "eval", "coco", "--images", str(images), "--annotations", str(coco_mini / "annotations" / COCO8),
+         "--detections", str(tmp_path / "bad.json"), "--model-dir", str(parity_model_dir), "--out", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "is not valid JSON" in result.stderr
