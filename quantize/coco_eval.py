@@ -52,7 +52,7 @@ def load_ground_truth(annotations: str | Path):
     return coco
 
 
-def check_detections(detections: object, coco, images_dir: Path, image_ids: list[int] | None = None) -> tuple[list[dict], dict]:
+def check_detections(detections: object, image_files: dict[int, Path], categories: set[int], image_ids: list[int] | None = None) -> tuple[list[dict], dict]:
     """Validate COCO-format detections against the ground truth; returns the usable ones and counted warnings.
 
     Unknown image ids, missing image files, malformed entries and an empty list are errors (they
@@ -63,15 +63,13 @@ def check_detections(detections: object, coco, images_dir: Path, image_ids: list
     for i, det in enumerate(detections):
         if not isinstance(det, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(det) or len(det["bbox"]) != 4:
             raise TinySamError(f"detection {i} is not a COCO result with image_id, category_id, bbox [x, y, w, h] and score: {str(det)[:120]}")
-    known_images = set(coco.getImgIds())
-    unknown = sorted({d["image_id"] for d in detections} - known_images)
+    unknown = sorted({d["image_id"] for d in detections} - set(image_files))
     if unknown:
         raise TinySamError(f"{len(unknown)} image ids of the detections are not in the annotations (first: {unknown[:5]})")
-    wanted = set(image_ids) if image_ids is not None else known_images
-    missing = sorted({coco.imgs[i]["file_name"] for i in wanted if not (images_dir / coco.imgs[i]["file_name"]).is_file()})
+    wanted = set(image_ids) if image_ids is not None else set(image_files)
+    missing = sorted(str(image_files[i].name) for i in wanted if not image_files[i].is_file())
     if missing:
-        raise TinySamError(f"{len(missing)} images are missing from {images_dir} (first: {missing[:3]})")
-    categories = set(coco.getCatIds())
+        raise TinySamError(f"{len(missing)} images are missing from {next(iter(image_files.values())).parent} (first: {missing[:3]})")
     usable = [d for d in detections if d["image_id"] in wanted and d["category_id"] in categories]
     warnings = {"unknown_category": sum(d["category_id"] not in categories for d in detections if d["image_id"] in wanted)}
     return usable, warnings
@@ -84,7 +82,7 @@ def encode_rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
 
 
-def segment_detections(predictor: PredictorBase, coco, detections: list[dict], images_dir: Path, progress: bool = True) -> tuple[list[dict], dict]:
+def segment_detections(predictor: PredictorBase, image_files: dict[int, Path], detections: list[dict], progress: bool = True) -> tuple[list[dict], dict]:
     """Box-prompt every detection, keep the best-IoU mask (tokens 1..3) as COCO RLE; drop the detector's bbox.
 
     Detections are grouped by image, so the encoder runs once per image whatever their order. Boxes
@@ -95,8 +93,7 @@ def segment_detections(predictor: PredictorBase, coco, detections: list[dict], i
         by_image[det["image_id"]].append(det)
     results, clipped = [], 0
     for image_id in tqdm(sorted(by_image), desc="segmenting", unit="image", disable=not progress):
-        info = coco.imgs[image_id]
-        predictor.set_image(load_image(images_dir / info["file_name"]))
+        predictor.set_image(load_image(image_files[image_id]))
         h, w = predictor.original_size
         dets = by_image[image_id]
         boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (d["bbox"] for d in dets)], dtype=np.float64)
@@ -129,14 +126,19 @@ def evaluate_segm(coco, results: list[dict], image_ids: list[int]) -> tuple[dict
     return dict(zip(STAT_NAMES, (float(v) for v in evaluator.stats))), "\n".join(lines)
 
 
-def run_coco_eval(predictor: PredictorBase, images_dir: str | Path, annotations: str | Path, detections: str | Path, limit: int | None = None, progress: bool = True) -> dict:
-    """The whole protocol: validate inputs, segment every detection, COCOeval; returns stats, summary and results."""
-    images_dir = Path(images_dir)
-    coco = load_ground_truth(annotations)
-    image_ids = sorted(coco.getImgIds())[:limit] if limit else None
-    dets, warnings = check_detections(read_json(detections, "detections"), coco, images_dir, image_ids)
+def _run(predictor: PredictorBase, image_files: dict[int, Path], categories: set[int], detections: str | Path, limit: int | None, progress: bool, evaluate) -> dict:
+    image_ids = sorted(image_files)[:limit] if limit else sorted(image_files)
+    dets, warnings = check_detections(read_json(detections, "detections"), image_files, categories, image_ids)
     if not dets:
         raise TinySamError("no detection refers to the evaluated images with a known category")
-    results, seg_warnings = segment_detections(predictor, coco, dets, images_dir, progress)
-    stats, summary = evaluate_segm(coco, results, image_ids or sorted(coco.getImgIds()))
-    return {"stats": stats, "summary": summary, "images": len(image_ids or coco.getImgIds()), "detections": len(dets), "warnings": warnings | seg_warnings, "results": results}
+    results, seg_warnings = segment_detections(predictor, image_files, dets, progress)
+    stats, summary = evaluate(results, image_ids)
+    return {"stats": stats, "summary": summary, "images": len(image_ids), "detections": len(dets), "warnings": warnings | seg_warnings, "results": results}
+
+
+def run_coco_eval(predictor: PredictorBase, images_dir: str | Path, annotations: str | Path, detections: str | Path, limit: int | None = None, progress: bool = True) -> dict:
+    """The whole COCO protocol: validate inputs, segment every detection, COCOeval; returns stats, summary and results."""
+    coco = load_ground_truth(annotations)
+    image_files = {i: Path(images_dir) / img["file_name"] for i, img in coco.imgs.items()}
+    return _run(predictor, image_files, set(coco.getCatIds()), detections, limit, progress, lambda results, ids: evaluate_segm(coco, results, ids))
+

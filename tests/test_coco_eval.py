@@ -72,18 +72,20 @@ def test_fp32_vs_int8_compare_cli(coco_mini, parity_model_dir, int8_dir, tmp_pat
 
 def test_bad_inputs(coco_mini, parity_model_dir, tmp_path):
     coco = load_ground_truth(coco_mini / "annotations" / COCO8)
+    files = {i: coco_mini / "images" / img["file_name"] for i, img in coco.imgs.items()}
+    cats = set(coco.getCatIds())
     images = coco_mini / "images"
     good = {"image_id": 9, "category_id": 51, "bbox": [1, 2, 30, 40], "score": 0.5}
     with pytest.raises(TinySamError, match="no detections"):
-        check_detections([], coco, images)
+        check_detections([], files, cats)
     with pytest.raises(TinySamError, match="not in the annotations"):
-        check_detections([good | {"image_id": 123456}], coco, images)
+        check_detections([good | {"image_id": 123456}], files, cats)
     with pytest.raises(TinySamError, match="detection 1 is not a COCO result"):
-        check_detections([good, {"image_id": 9}], coco, images)
-    usable, warnings = check_detections([good, good | {"category_id": 999}], coco, images)
+        check_detections([good, {"image_id": 9}], files, cats)
+    usable, warnings = check_detections([good, good | {"category_id": 999}], files, cats)
     assert len(usable) == 1 and warnings["unknown_category"] == 1
     with pytest.raises(TinySamError, match="images are missing"):
-        check_detections([good], coco, tmp_path)
+        check_detections([good], {i: tmp_path / p.name for i, p in files.items()}, cats)
     (tmp_path / "bad.json").write_text("{not json")
     result = subprocess.run(
         [sys.executable, "-m", "tinysam_edge", "eval", "coco", "--images", str(images), "--annotations", str(coco_mini / "annotations" / COCO8),
@@ -92,3 +94,4 @@ def test_bad_inputs(coco_mini, parity_model_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "is not valid JSON" in result.stderr
+
