@@ -126,19 +126,14 @@ def evaluate_segm(coco, results: list[dict], image_ids: list[int]) -> tuple[dict
     return dict(zip(STAT_NAMES, (float(v) for v in evaluator.stats))), "\n".join(lines)
 
 
-def _run(predictor: PredictorBase, image_files: dict[int, Path], categories: set[int], detections: str | Path, limit: int | None, progress: bool, evaluate) -> dict:
-    image_ids = sorted(image_files)[:limit] if limit else sorted(image_files)
-    dets, warnings = check_detections(read_json(detections, "detections"), image_files, categories, image_ids)
-    if not dets:
-        raise TinySamError("no detection refers to the evaluated images with a known category")
-    results, seg_warnings = segment_detections(predictor, image_files, dets, progress)
-    stats, summary = evaluate(results, image_ids)
-    return {"stats": stats, "summary": summary, "images": len(image_ids), "detections": len(dets), "warnings": warnings | seg_warnings, "results": results}
-
-
 def run_coco_eval(predictor: PredictorBase, images_dir: str | Path, annotations: str | Path, detections: str | Path, limit: int | None = None, progress: bool = True) -> dict:
     """The whole COCO protocol: validate inputs, segment every detection, COCOeval; returns stats, summary and results."""
     coco = load_ground_truth(annotations)
     image_files = {i: Path(images_dir) / img["file_name"] for i, img in coco.imgs.items()}
-    return _run(predictor, image_files, set(coco.getCatIds()), detections, limit, progress, lambda results, ids: evaluate_segm(coco, results, ids))
-
+    image_ids = sorted(image_files)[:limit] if limit else sorted(image_files)
+    dets, warnings = check_detections(read_json(detections, "detections"), image_files, set(coco.getCatIds()), image_ids)
+    if not dets:
+        raise TinySamError("no detection refers to the evaluated images with a known category")
+    results, seg_warnings = segment_detections(predictor, image_files, dets, progress)
+    stats, summary = evaluate_segm(coco, results, image_ids)
+    return {"stats": stats, "summary": summary, "images": len(image_ids), "detections": len(dets), "warnings": warnings | seg_warnings, "results": results}
