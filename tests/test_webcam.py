@@ -39,12 +39,15 @@ def test_headless_run_writes_video_and_timings(random_model_dir, tmp_path):
     report = json.loads(timings.read_text())
     assert report["precision"] == "f32" and len(report["frames"]) == 4
     for frame in report["frames"]:
-        assert {"preprocess", "encoder", "decoder", "postprocess", "draw", "total"} <= set(frame) and frame["mask_area"] > 0
+        assert {"wait_encoder", "preprocess", "encoder", "decoder", "postprocess", "decode_and_draw", "total"} <= set(frame) and frame["mask_area"] > 0
     assert "FPS" in result.stdout
 
 
 def test_source_that_fails_or_ends(random_model_dir, tmp_path):
     failed = _run("--source", tmp_path / "missing.mp4", "--model-dir", random_model_dir, "--headless")
     assert failed.returncode == 2 and "cannot open video source" in failed.stderr and "Traceback" not in failed.stderr
+    no_gui = _run("--source", _clip(tmp_path / "gui.mp4", 2), "--model-dir", random_model_dir)
+    if no_gui.returncode != 0:  # opencv-python-headless: the window is refused with one clear line
+        assert no_gui.returncode == 2 and "no GUI" in no_gui.stderr and "Traceback" not in no_gui.stderr
     ended = _run("--source", _clip(tmp_path / "short.mp4", 3), "--model-dir", random_model_dir, "--headless", "--point", "80,48", "--max-frames", 10)
     assert ended.returncode == 0 and "source ended after 3 frames" in ended.stderr and "3 frames" in ended.stdout

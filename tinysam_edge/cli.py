@@ -396,6 +396,26 @@ def _add_eval_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (by id)")
 
 
+def cmd_webcam(args: argparse.Namespace) -> int:
+    """Live segmentation with persistent prompts: a window, or --headless with scripted prompts."""
+    from . import live
+
+    for path, suffix in ((args.record, ".mp4"), (args.timings, ".json")):
+        if path is not None:
+            _check_output(path, args.overwrite, [], (suffix,))
+    prompts = live.Prompts([p for p in args.point], args.box)
+    if not args.headless:
+        live.open_window(prompts)
+    frames = live.FrameSource(args.source, reconnect=args.reconnect)
+    predictor = make_predictor(args)
+    timings = live.run(predictor, frames, prompts, args.max_frames, args.record, window=not args.headless)
+    if args.timings is not None:
+        live.write_timings(args.timings, predictor, timings)
+    if timings:
+        print(live.summarize(timings))
+    return 0
+
+
 def _add_model_options(parser: argparse.ArgumentParser, backends: bool = True) -> None:
     parser.add_argument("--checkpoint", default=weights.DEFAULT_WEIGHTS, help="checkpoint file or registry name (default: %(default)s)")
     parser.add_argument("--model-dir", type=Path, help="exported OpenVINO model dir (default: export --checkpoint once into the cache)")
@@ -478,6 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_ecmp.add_argument("--out", type=Path, default=Path("coco_compare.json"), help="JSON report (default: %(default)s)")
     p_ecmp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p_ecmp.set_defaults(func=cmd_eval_compare)
+
+    p_cam = sub.add_parser("webcam", help="live segmentation of a camera, video file or stream")
+    p_cam.add_argument("--source", default="0", help="camera index, video file or stream URL (default: %(default)s)")
+    p_cam.add_argument("--headless", action="store_true", help="no window: scripted --point/--box, write --record/--timings")
+    p_cam.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]", help="persistent point prompt; repeatable")
+    p_cam.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="persistent box prompt")
+    p_cam.add_argument("--max-frames", type=int, default=10**9, help="stop after this many frames")
+    p_cam.add_argument("--record", type=Path, help="write the annotated video (.mp4)")
+    p_cam.add_argument("--timings", type=Path, help="write per-frame timings (.json)")
+    p_cam.add_argument("--reconnect", type=int, default=0, help="reopen a camera/stream that stops, up to N times")
+    _add_model_options(p_cam, backends=False)
+    p_cam.set_defaults(func=cmd_webcam, backend="openvino", flavour=None, trust_pickle=False)
 
     p_bench = sub.add_parser("bench", help="benchmark torch eager vs OpenVINO (f32, bf16, INT8) and benchmark_app on every IR")
     p_bench.add_argument("--quick", action="store_true", help="only the Python pipeline: torch eager vs OpenVINO f32/bf16")

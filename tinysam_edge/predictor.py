@@ -2,6 +2,7 @@
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +170,32 @@ class Predictor(PredictorBase):
         if not self.static_shapes:
             self._specialized((1, 2), 0)  # one click (point + padding point): ready before the first click
         self._encoder_request = self._encoder.create_infer_request()
+        self._encoder_queue: ov.AsyncInferQueue | None = None
         self.device_used, self.precision_used = describe(self._encoder)
         super().__init__(self.manifest.flavour)
+
+    def set_image_async(self, image: np.ndarray, image_format: str = "RGB") -> Callable[[], None]:
+        """Start embedding ``image`` in the background (OpenVINO ``AsyncInferQueue``) and return a function
+        that waits for it and makes it the current image. Until then the previous image stays current,
+        so a video loop can decode and draw frame N while frame N+1 is being encoded.
+        """
+        start = time.perf_counter()
+        rgb = to_rgb_uint8(image, image_format)
+        input_tensor, input_size = preprocess(rgb)
+        preprocess_s = time.perf_counter() - start
+        if self._encoder_queue is None:
+            self._encoder_queue = ov.AsyncInferQueue(self._encoder, 1)
+        self._encoder_queue.start_async({ENCODER_INPUT: input_tensor})
+        encode_start = time.perf_counter()
+
+        def finish() -> None:
+            self._encoder_queue.wait_all()
+            request = self._encoder_queue[0]
+            self.features = request.get_tensor(self._encoder.output(ENCODER_OUTPUT)).data.copy()
+            self.original_size, self.input_size = (rgb.shape[0], rgb.shape[1]), input_size
+            self.timings = {"preprocess": preprocess_s, "encoder": time.perf_counter() - encode_start}
+
+        return finish
 
     def _read(self, core: ov.Core, role: str) -> ov.Model:
         path = self.model_dir / self.manifest.files[role]
