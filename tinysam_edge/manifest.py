@@ -27,7 +27,6 @@ DECODER_OUTPUTS = {
     "low_res_logits": "[B,4,256,256] f32, all four mask tokens (token 0: single-mask output, 1..3: multimask)",
     "iou_predictions": "[B,4] f32",
 }
-DECODER_NAMES = ("decoder", "decoder_static", "decoder_static_batch")
 
 
 @dataclass(frozen=True)

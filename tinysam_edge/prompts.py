@@ -7,7 +7,8 @@ import numpy as np
 from .transforms import apply_boxes, apply_coords
 
 LOW_RES_SIZE = 256
-#: Label of an unused slot in a fixed-size prompt tensor; the decoder masks it out of attention.
+#: Decoder point labels: 0 negative, 1 positive, 2 / 3 box corners, -1 SAM's padding point, and -2 an
+#: unused slot of a fixed-size prompt tensor, which the decoder masks out of attention.
 LABEL_EMPTY = -2
 LABEL_PAD = -1
 

@@ -5,11 +5,10 @@ import math
 import torch
 from torch import nn
 
+from tinysam_edge.prompts import LABEL_EMPTY, LABEL_PAD
+
 from .common import LayerNorm2d
 
-#: Point labels understood by :meth:`PromptEncoder.embed_points`. ``LABEL_EMPTY`` marks an unused slot
-#: of a fixed-size prompt tensor: it is masked out of attention, so it changes nothing.
-LABEL_EMPTY, LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT = -2, -1, 0, 1, 2, 3
 #: Attention-logit bias that hides empty slots (exp underflows to exactly 0, and it fits in fp16).
 EMPTY_SLOT_BIAS = -1e4
 
