@@ -6,6 +6,7 @@
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,11 +27,18 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
     try:
-        image = load_image(args.image)
-        predictor = Predictor(args.model_dir, device=args.device)
+        return run(args)
     except (TinySamError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo itself; user errors surface as TinySamError / ValueError."""
+    if Path(args.out).exists() and not args.overwrite:
+        raise TinySamError(f"{args.out} exists; pass --overwrite to replace it")
+    image = load_image(args.image)
+    predictor = Predictor(args.model_dir, device=args.device)
     thresholds = dict(pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh, points_per_batch=32)
     panels = []
     for name, generator in (("grid 32x32", MaskGenerator(predictor, **thresholds)), ("hierarchical", HierarchicalMaskGenerator(predictor, **thresholds))):
@@ -42,11 +50,7 @@ def main() -> int:
         panel = draw_masks(image, [m["segmentation"] for m in masks])
         cv2.putText(panel, caption, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
         panels.append(panel)
-    try:
-        save_image(args.out, np.concatenate(panels, axis=1), overwrite=args.overwrite)
-    except TinySamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    save_image(args.out, np.concatenate(panels, axis=1), overwrite=args.overwrite)
     print(f"side by side -> {args.out}")
     return 0
 

@@ -9,6 +9,7 @@ FP32, the right INT8; the top row is a point prompt at the image centre, the bot
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -36,11 +37,18 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
     try:
-        image = load_image(args.image)
-        predictors = {"FP32": Predictor(args.fp32, device=args.device), "INT8": Predictor(args.int8, device=args.device)}
+        return run(args)
     except (TinySamError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo itself; user errors surface as TinySamError / ValueError."""
+    if Path(args.out).exists() and not args.overwrite:
+        raise TinySamError(f"{args.out} exists; pass --overwrite to replace it")
+    image = load_image(args.image)
+    predictors = {"FP32": Predictor(args.fp32, device=args.device), "INT8": Predictor(args.int8, device=args.device)}
     h, w = image.shape[:2]
     prompts = [dict(point_coords=np.array([[w / 2, h / 2]]), point_labels=np.array([1])), dict(box=np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4]))]
     rows = [[], []]
@@ -55,11 +63,7 @@ def main() -> int:
             caption = f"{name} ({predictor.precision_used} rest): set_image {encoder_ms:.0f} ms, click {click_ms:.0f} ms"
             print(f"{caption}, score {scores[0]:.3f}")
             row.append(label(draw_overlay(image, masks[0], prompt.get("point_coords"), prompt.get("point_labels"), prompt.get("box"), float(scores[0])), caption))
-    try:
-        save_image(args.out, np.concatenate([np.concatenate(row, axis=1) for row in rows]), overwrite=args.overwrite)
-    except TinySamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    save_image(args.out, np.concatenate([np.concatenate(row, axis=1) for row in rows]), overwrite=args.overwrite)
     print(f"side by side -> {args.out}")
     return 0
 

@@ -5,6 +5,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -24,23 +25,30 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
     try:
-        image = load_image(args.image)
-        predictor = Predictor(args.model_dir, device=args.device)
-        point = np.array([[float(v) for v in args.point.split(",")]])
-        box = np.array([float(v) for v in args.box.split(",")])
-        predictor.set_image(image)
-        print(f"{predictor.device_used} {predictor.precision_used}: encoder {1000 * predictor.timings['encoder']:.0f} ms")
-        panels = []
-        masks, scores, _ = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
-        for mask, score in zip(masks, scores):  # the three candidate masks of one click
-            panels.append(draw_overlay(image, mask, point, np.array([1]), None, float(score)))
-        masks, scores, _ = predictor.predict(box=box, multimask_output=False)  # the best mask for the box
-        panels.append(draw_overlay(image, masks[0], None, None, box, float(scores[0])))
-        print(f"decoder {1000 * predictor.timings['decoder']:.0f} ms per prompt")
-        save_image(args.out, np.concatenate(panels, axis=1), overwrite=args.overwrite)
+        return run(args)
     except (TinySamError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo itself; user errors surface as TinySamError / ValueError."""
+    if Path(args.out).exists() and not args.overwrite:
+        raise TinySamError(f"{args.out} exists; pass --overwrite to replace it")
+    image = load_image(args.image)
+    predictor = Predictor(args.model_dir, device=args.device)
+    point = np.array([[float(v) for v in args.point.split(",")]])
+    box = np.array([float(v) for v in args.box.split(",")])
+    predictor.set_image(image)
+    print(f"{predictor.device_used} {predictor.precision_used}: encoder {1000 * predictor.timings['encoder']:.0f} ms")
+    panels = []
+    masks, scores, _ = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
+    for mask, score in zip(masks, scores):  # the three candidate masks of one click
+        panels.append(draw_overlay(image, mask, point, np.array([1]), None, float(score)))
+    masks, scores, _ = predictor.predict(box=box, multimask_output=False)  # the best mask for the box
+    panels.append(draw_overlay(image, masks[0], None, None, box, float(scores[0])))
+    print(f"decoder {1000 * predictor.timings['decoder']:.0f} ms per prompt")
+    save_image(args.out, np.concatenate(panels, axis=1), overwrite=args.overwrite)
     print(f"3 point masks + 1 box mask -> {args.out}")
     return 0
 

@@ -22,6 +22,8 @@ from .accuracy import mask_iou
 from .export import check_out_dir, staged_dir
 from .sampling import image_rng, model_objects, prompts_for_objects
 
+#: Validation and reference runs are pinned to f32 (this CPU would otherwise pick bf16).
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 #: The mask-prompt branch is tiny and calibration has no mask prompts to measure it with.
 DECODER_IGNORED = nncf.IgnoredScope(patterns=[".*mask_downscaling.*"], validate=False)
 
@@ -187,20 +189,21 @@ def quantize_model_dir(
 
     log(f"quantizing the encoder on {subset_size} images")
     encoder_fp = core.read_model(fp32_dir / manifest.files["encoder"])
-    encoder_validation = None
+    encoder_validation = held = None
     if max_drop is not None:
         by_image = collect_decoder_samples(reference, validation, prompts_per_image, "held-out prompts")
         tensors = [_encoder_input(p)[ENCODER_INPUT] for p in validation]
-        decoder_fp = core.compile_model(fp32_dir / manifest.files["decoder"], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        decoder_fp = core.compile_model(fp32_dir / manifest.files["decoder"], "CPU", F32)
         encoder_validation = (nncf.Dataset([EncoderSample(t, s) for t, s in zip(tensors, by_image)]), encoder_metric(decoder_fp, manifest.flavour))
     encoder_int8 = _quantize(encoder_fp, nncf.Dataset(calib, _encoder_input), subset_size, None, encoder_validation, max_drop, max_iterations)
     if encoder_validation is not None:
-        metric = encoder_validation[1](core.compile_model(encoder_int8, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), encoder_validation[0].get_data())[0]
-        report["encoder_iou_vs_fp32"] = metric
+        int8_encoder = core.compile_model(encoder_int8, "CPU", F32)
+        report["encoder_iou_vs_fp32"] = encoder_validation[1](int8_encoder, encoder_validation[0].get_data())[0]
+        # held-out prompts on INT8 embeddings with FP32 reference masks: judge the decoder and the final drop
+        held = _flat(collect_decoder_samples(reference, validation, prompts_per_image, "held-out prompts (INT8 embeddings)", encoder=int8_encoder))
 
     models = {"encoder": encoder_int8}
     if decoder == "int8":
-        int8_encoder = core.compile_model(encoder_int8, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         per_image = max(1, -(-subset_size // len(calib)))
         decoder_images = calib[: -(-subset_size // per_image)]
         calib_samples = _flat(collect_decoder_samples(reference, decoder_images, per_image, "decoder calibration"))
@@ -208,7 +211,6 @@ def quantize_model_dir(
         decoder_validation, budget = None, max_drop
         if max_drop is not None:
             budget = max_drop - (1.0 - report["encoder_iou_vs_fp32"])
-            held = _flat(collect_decoder_samples(reference, validation, prompts_per_image, "held-out prompts (INT8 embeddings)", encoder=int8_encoder))
             decoder_validation = (nncf.Dataset(held), decoder_metric(manifest.flavour))
         if budget is not None and budget <= 0:
             log("the encoder used the whole accuracy budget; keeping the decoder in full precision")
@@ -223,9 +225,8 @@ def quantize_model_dir(
                 static.reshape({"point_coords": [shape.batch, shape.points, 2], "point_labels": [shape.batch, shape.points], "mask_input": [1, 1, LOW_RES_SIZE, LOW_RES_SIZE]})
                 models[role] = static
     if max_drop is not None:
-        end_to_end = _flat(collect_decoder_samples(reference, validation, prompts_per_image, "checking the drop", encoder=core.compile_model(encoder_int8, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})))
-        final_decoder = core.compile_model(models.get("decoder", core.read_model(fp32_dir / manifest.files["decoder"])), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        iou = decoder_metric(manifest.flavour)(final_decoder, end_to_end)[0]
+        final_decoder = core.compile_model(models.get("decoder", core.read_model(fp32_dir / manifest.files["decoder"])), "CPU", F32)
+        iou = decoder_metric(manifest.flavour)(final_decoder, held)[0]
         report.update(max_drop=max_drop, iou_vs_fp32=iou, drop=1.0 - iou, drop_met=1.0 - iou <= max_drop + 1e-9)
         if not report["drop_met"]:
             log(f"could not keep the drop within {max_drop}: measured {1.0 - iou:.4f} (mean IoU {iou:.4f}); the closest model is written")

@@ -403,7 +403,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     for path, suffix in ((args.record, ".mp4"), (args.timings, ".json")):
         if path is not None:
             _check_output(path, args.overwrite, [], (suffix,))
-    prompts = live.Prompts([p for p in args.point], args.box)
+    prompts = live.PersistentPrompts(args.point, args.box)
     if not args.headless:
         live.open_window(prompts)
     frames = live.FrameSource(args.source, reconnect=args.reconnect)

@@ -77,7 +77,7 @@ class FrameSource:
         return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame is not None else None
 
 
-class Prompts:
+class PersistentPrompts:
     """Points and a box that persist across frames, edited by mouse in the window."""
 
     def __init__(self, points: list[tuple[float, float, int]] | None = None, box: list[float] | None = None) -> None:
@@ -127,7 +127,7 @@ def annotate(frame: np.ndarray, predictor: Predictor, prompts: dict, fps: float)
     return out, int(mask.sum())
 
 
-def run(predictor: Predictor, frames: FrameSource, prompts: Prompts, max_frames: int, record: Path | None = None, window: bool = False) -> list[dict]:
+def run(predictor: Predictor, frames: FrameSource, prompts: PersistentPrompts, max_frames: int, record: Path | None = None, window: bool = False) -> list[dict]:
     """The pipelined loop; returns per-frame timings in ms. In a window, keys and mouse edit the prompts."""
     writer, timings, fps = None, [], 0.0
     frame = frames.read()
@@ -165,7 +165,7 @@ def run(predictor: Predictor, frames: FrameSource, prompts: Prompts, max_frames:
     return timings
 
 
-def _handle_keys(bgr: np.ndarray, frame: np.ndarray, predictor: Predictor, prompts: Prompts) -> bool:
+def _handle_keys(bgr: np.ndarray, frame: np.ndarray, predictor: Predictor, prompts: PersistentPrompts) -> bool:
     cv2.imshow(WINDOW, bgr)
     key = cv2.waitKey(1) & 0xFF
     if key in (ord("q"), 27):
@@ -183,7 +183,7 @@ def _handle_keys(bgr: np.ndarray, frame: np.ndarray, predictor: Predictor, promp
     return True
 
 
-def open_window(prompts: Prompts) -> None:
+def open_window(prompts: PersistentPrompts) -> None:
     """Create the interactive window; a clear error when OpenCV has no GUI (e.g. opencv-python-headless)."""
     try:
         cv2.namedWindow(WINDOW)
