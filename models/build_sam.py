@@ -1,5 +1,6 @@
 """Model registry and strict, safe checkpoint IO in the official state_dict layout."""
 
+import os
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -10,7 +11,7 @@ from tinysam_edge.errors import CheckpointError
 from tinysam_edge.masks import FLAVOURS
 from tinysam_edge.weights import resolve_checkpoint
 
-from .modeling import MaskDecoder, PromptEncoder, Sam, TinyViT
+from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TinyViT
 
 #: Keys of the official TinyViT ImageNet classifier, present in the checkpoints but never used.
 UNUSED_KEY_PREFIXES = ("image_encoder.head.", "image_encoder.norm_head.")
@@ -20,31 +21,88 @@ def _build_vit_t(flavour: str) -> Sam:
     return Sam(TinyViT(), PromptEncoder(), MaskDecoder(), flavour=flavour)
 
 
-sam_model_registry: dict[str, Callable[[str], Sam]] = {"vit_t": _build_vit_t}
+def _vit_builder(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> Callable[[str], Sam]:
+    def build(flavour: str) -> Sam:
+        encoder = ImageEncoderViT(embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_attn_indexes=global_attn_indexes)
+        return Sam(encoder, PromptEncoder(), MaskDecoder(), flavour=flavour)
+
+    return build
+
+
+sam_model_registry: dict[str, Callable[[str], Sam]] = {
+    "vit_t": _build_vit_t,
+    "vit_b": _vit_builder(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": _vit_builder(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": _vit_builder(1280, 32, 16, (7, 15, 23, 31)),
+}
+
+#: Flavour used when neither the caller nor a weights-registry entry names one.
+DEFAULT_FLAVOURS = {"vit_t": "tinysam", "vit_b": "sam", "vit_l": "sam", "vit_h": "sam"}
+
+#: Number of ViT blocks in the official SAM image encoders.
+_VIT_DEPTHS = {12: "vit_b", 24: "vit_l", 32: "vit_h"}
+
+
+def infer_model_name(state: Mapping[str, torch.Tensor]) -> str:
+    """The ``sam_model_registry`` name whose image encoder has the keys of ``state`` (official layout)."""
+    if any(k.startswith("image_encoder.layers.") for k in state):
+        return "vit_t"
+    prefix = "image_encoder.blocks."
+    indexes = {k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)}
+    blocks = {int(i) for i in indexes if i.isdigit()}
+    if blocks and blocks == set(range(len(blocks))) and len(blocks) in _VIT_DEPTHS:
+        return _VIT_DEPTHS[len(blocks)]
+    found = f"{len(blocks)} image_encoder.blocks.N indexes" if blocks else "no image_encoder.layers.* or image_encoder.blocks.* keys"
+    raise CheckpointError(f"cannot infer the model from the checkpoint: found {found}, expected TinyViT layers or 12/24/32 ViT blocks")
 
 
 def build_sam(name: str = "vit_t", checkpoint: str | Path | None = None, flavour: str | None = None, trust_pickle: bool = False) -> Sam:
     """Build an eval-mode model, optionally loading a checkpoint (a file path or a weights-registry name).
 
-    ``flavour`` defaults to the registry entry's flavour for registry names and to ``"tinysam"``
-    otherwise. ``trust_pickle`` allows unpickling a whole pickled module (never needed for
-    state_dict files; unpickling can run arbitrary code).
+    ``name="auto"`` infers the model from the checkpoint (then required). ``flavour`` defaults to
+    the registry entry's flavour for registry names, otherwise to ``"sam"`` for vit_b/l/h and
+    ``"tinysam"`` for vit_t. ``trust_pickle`` allows unpickling a whole pickled module (never needed
+    for state_dict files; unpickling can run arbitrary code).
     """
-    if name not in sam_model_registry:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(sam_model_registry)}")
+    if name != "auto" and name not in sam_model_registry:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(sam_model_registry)} or 'auto'")
+    if name == "auto" and checkpoint is None:
+        raise ValueError("model 'auto' is inferred from the checkpoint; pass a checkpoint")
+    if flavour and flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; choose one of {FLAVOURS}")
     resolved_flavour = flavour
     path = None
+    state = None
     if checkpoint is not None:
         path, entry = resolve_checkpoint(checkpoint)
         if resolved_flavour is None and entry is not None:
             resolved_flavour = entry.flavour
-    resolved_flavour = resolved_flavour or "tinysam"
+        if name == "auto":
+            state = read_state_dict(path, trust_pickle=trust_pickle)
+            name = infer_model_name(state)
+    resolved_flavour = resolved_flavour or DEFAULT_FLAVOURS.get(name, "tinysam")
     if resolved_flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {resolved_flavour!r}; choose one of {FLAVOURS}")
     model = sam_model_registry[name](resolved_flavour)
     if path is not None:
-        load_weights(model, read_state_dict(path, trust_pickle=trust_pickle), source=str(path))
+        if state is None:
+            state = read_state_dict(path, trust_pickle=trust_pickle)
+        try:
+            load_weights(model, state, source=str(path))
+        except CheckpointError as exc:
+            hint = _other_model_hint(state, name)
+            if hint is None:
+                raise
+            raise CheckpointError(f"{exc}; {hint}") from exc
     return model.eval()
+
+
+def _other_model_hint(state: Mapping[str, torch.Tensor], name: str) -> str | None:
+    try:
+        inferred = infer_model_name(state)
+    except CheckpointError:
+        return None
+    return None if inferred == name else f"it looks like a {inferred} checkpoint (build it as {inferred!r}, or 'auto')"
 
 
 def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -111,5 +169,8 @@ def load_weights(model: Sam, state: Mapping[str, torch.Tensor], source: str = "c
 
 
 def save_checkpoint(model: Sam, path: str | Path) -> None:
-    """Save a plain state_dict in the official key layout (loadable by ``build_sam`` and the official code)."""
-    torch.save(model.state_dict(), Path(path))
+    """Save a plain state_dict in the official key layout (loadable by ``build_sam``), atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)

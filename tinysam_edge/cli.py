@@ -69,7 +69,7 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
     for entry in weights.REGISTRY.values():
         cached = weights.cached_path(entry).is_file()
         default = " (default)" if entry.name == weights.DEFAULT_WEIGHTS else ""
-        print(f"{entry.name:14s} {'cached ' if cached else 'missing'} {entry.filename:18s} {entry.description}{default}")
+        print(f"{entry.name:14s} {'cached ' if cached else 'missing'} {entry.filename:22s} {entry.description}{default}")
     return 0
 
 
@@ -95,7 +95,7 @@ def make_predictor(args: argparse.Namespace) -> "PredictorBase":
         if args.model_dir is not None:
             raise TinySamError("--model-dir is an OpenVINO model; use --checkpoint with --backend torch")
         models, _ = _torch_side("the torch backend")
-        return models.TorchPredictor(models.build_sam("vit_t", checkpoint=args.checkpoint, flavour=args.flavour, trust_pickle=args.trust_pickle))
+        return models.TorchPredictor(models.build_sam("auto", checkpoint=args.checkpoint, flavour=args.flavour, trust_pickle=args.trust_pickle))
     from .predictor import Predictor
 
     model_dir = args.model_dir
@@ -416,6 +416,32 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training():  # noqa: ANN202 - the module is only importable with the [train] extra
+    try:
+        from .models import training
+    except ImportError as exc:
+        raise TinySamError(f"training needs PyTorch and pycocotools ({exc}); install them with: pip install 'tinysam-edge[train]'") from exc
+    return training
+
+
+def cmd_train_cache(args: argparse.Namespace) -> int:
+    """Precompute teacher image embeddings."""
+    cache = _training().cache_teacher(
+        args.teacher, str(args.images), str(args.out), args.annotations, model=args.model, flip=args.flip, device=args.device, amp=args.amp, log=_log
+    )
+    print(f"teacher embeddings of {cache.meta.checkpoint} in {cache.root}")
+    return 0
+
+
+def cmd_train_distill(args: argparse.Namespace) -> int:
+    """Run or resume a distillation from a config file."""
+    training = _training()
+    config = training.read_config(args.config, args.set)
+    out = training.train(config, resume=args.resume, log=_log)
+    print(f"student checkpoint (official layout): {out / 'student_last.pth'}; logs and training.png in {out}")
+    return 0
+
+
 def _add_model_options(parser: argparse.ArgumentParser, backends: bool = True) -> None:
     parser.add_argument("--checkpoint", default=weights.DEFAULT_WEIGHTS, help="checkpoint file or registry name (default: %(default)s)")
     parser.add_argument("--model-dir", type=Path, help="exported OpenVINO model dir (default: export --checkpoint once into the cache)")
@@ -549,6 +575,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--out", type=Path, default=Path("compare.json"), help="JSON report (default: %(default)s)")
     p_cmp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p_cmp.set_defaults(func=cmd_compare)
+    p_train = sub.add_parser("train", help="distill a TinySAM student from a SAM teacher (PyTorch, CUDA or CPU)")
+    tsub = p_train.add_subparsers(dest="train_command", required=True, parser_class=_Parser)
+    p_tc = tsub.add_parser("cache-teacher", help="precompute teacher image embeddings (fp16, resumable)")
+    p_tc.add_argument("--teacher", required=True, help="teacher checkpoint file or registry name (e.g. sam_vit_h)")
+    p_tc.add_argument("--model", default="auto", choices=["auto", "vit_t", "vit_b", "vit_l", "vit_h"], help="teacher architecture (default: from the checkpoint)")
+    p_tc.add_argument("--images", type=Path, required=True, help="image folder (SA-1B layout: a JSON next to each image)")
+    p_tc.add_argument("--annotations", help="COCO instances JSON (COCO layout instead of SA-1B)")
+    p_tc.add_argument("--out", type=Path, required=True, help="cache folder (an existing cache of the same teacher is resumed)")
+    p_tc.add_argument("--flip", action="store_true", help="also cache horizontally flipped images (needed for data.flip)")
+    p_tc.add_argument("--device", default="auto", help="torch device (default: CUDA when available, else CPU)")
+    p_tc.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype (default: bf16 on CUDA, off on CPU)")
+    p_tc.set_defaults(func=cmd_train_cache)
+    p_td = tsub.add_parser("distill", help="train a student from a TOML/YAML config (see configs/)")
+    p_td.add_argument("--config", type=Path, required=True, help="config file (.toml, or .yaml with PyYAML)")
+    p_td.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value; repeatable")
+    p_td.add_argument("--resume", action="store_true", help="continue the run in run.out from its last checkpoint")
+    p_td.set_defaults(func=cmd_train_distill)
     return parser
 
 

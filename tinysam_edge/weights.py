@@ -31,13 +31,17 @@ class WeightsEntry:
 
 
 _TINYSAM = "https://github.com/xinghaochen/TinySAM/releases/download"
+_SAM = "https://dl.fbaipublicfiles.com/segment_anything"
 REGISTRY: dict[str, WeightsEntry] = {
     e.name: e
     for e in (
-        WeightsEntry("tinysam_42.3", "tinysam_42.3.pth", f"{_TINYSAM}/3.0/tinysam_42.3.pth", "vit_t", "tinysam", False, "TinySAM release 3.0, COCO AP 42.3 (default)"),
+        WeightsEntry("tinysam_42.3", "tinysam_42.3.pth", f"{_TINYSAM}/3.0/tinysam_42.3.pth", "vit_t", "tinysam", False, "TinySAM release 3.0, COCO AP 42.3"),
         WeightsEntry("tinysam", "tinysam.pth", f"{_TINYSAM}/1.0/tinysam.pth", "vit_t", "tinysam", False, "TinySAM release 1.0, COCO AP 41.9"),
         WeightsEntry("tinysam_w8a8", "tinysam_w8a8.pth", f"{_TINYSAM}/2.0/tinysam_w8a8.pth", "vit_t", "tinysam", True, "Q-TinySAM release 2.0: a pickled fake-quant module, needs --trust-pickle"),
         WeightsEntry("mobile_sam", "mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt", "vit_t", "sam", False, "MobileSAM (same graph, SAM's token-0 single mask)"),
+        WeightsEntry("sam_vit_b", "sam_vit_b_01ec64.pth", f"{_SAM}/sam_vit_b_01ec64.pth", "vit_b", "sam", False, "SAM ViT-B (Meta), distillation teacher, 375 MB"),
+        WeightsEntry("sam_vit_l", "sam_vit_l_0b3195.pth", f"{_SAM}/sam_vit_l_0b3195.pth", "vit_l", "sam", False, "SAM ViT-L (Meta), distillation teacher, 1.25 GB"),
+        WeightsEntry("sam_vit_h", "sam_vit_h_4b8939.pth", f"{_SAM}/sam_vit_h_4b8939.pth", "vit_h", "sam", False, "SAM ViT-H (Meta), the paper's teacher, 2.56 GB"),
     )
 }
 DEFAULT_WEIGHTS = "tinysam_42.3"

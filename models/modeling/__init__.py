@@ -1,9 +1,10 @@
 """PyTorch modules of the SAM family, named after the official state_dict keys."""
 
+from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
 from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
 
-__all__ = ["MaskDecoder", "PromptEncoder", "Sam", "TinyViT", "TwoWayTransformer"]
+__all__ = ["ImageEncoderViT", "MaskDecoder", "PromptEncoder", "Sam", "TinyViT", "TwoWayTransformer"]

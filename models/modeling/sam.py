@@ -38,8 +38,18 @@ class Sam(nn.Module):
         -2 empty slot, -1 padding, 0 negative, 1 positive, 2/3 box corners. Returns all 4 tokens' low-res logits
         (B, 4, 256, 256) and IoU predictions (B, 4).
         """
+        masks, iou, _ = self.decode_with_tokens(image_embeddings, point_coords, point_labels, mask_input)
+        return masks, iou
+
+    def decode_with_tokens(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``decode`` plus the two-way transformer's output tokens (B, 1 + 4 + N, 256), which distillation matches."""
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
         dense = self.prompt_encoder.embed_mask(mask_input, 1)
         bias = self.prompt_encoder.slot_bias(point_labels)
-        masks, iou, _ = self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, bias)
-        return masks, iou
+        return self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, bias)

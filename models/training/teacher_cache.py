@@ -1,0 +1,116 @@
+"""Precomputed teacher image embeddings (fp16 .npy per image), as the paper does: the big teacher encoder runs once.
+
+Layout: ``DIR/meta.json`` (which teacher, whether flipped copies exist) and ``DIR/<key>.npy`` /
+``DIR/<key>.hflip.npy`` of shape (1, 256, 64, 64). Files are written atomically, so an interrupted run
+resumes where it stopped and never leaves a truncated embedding behind.
+"""
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tinysam_edge.errors import TinySamError
+
+FORMAT_VERSION = 1
+EMBEDDING_SHAPE = (1, 256, 64, 64)
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """What a cache holds: the teacher (model name, checkpoint file name and sha256) and flipped copies."""
+
+    model: str
+    checkpoint: str
+    sha256: str
+    flips: bool
+    format: int = FORMAT_VERSION
+
+
+class TeacherCache:
+    """Read access to a cache folder written by ``build_cache``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.is_file():
+            raise TinySamError(f"{self.root} is not a teacher cache (no meta.json); create it with: tinysam-edge train cache-teacher")
+        self.meta = CacheMeta(**json.loads(meta_path.read_text()))
+        if self.meta.format != FORMAT_VERSION:
+            raise TinySamError(f"{self.root} has cache format {self.meta.format}; this version reads {FORMAT_VERSION}: rebuild it")
+
+    @property
+    def flips(self) -> bool:
+        """Whether horizontally flipped embeddings are cached too."""
+        return self.meta.flips
+
+    def path(self, key: str, flipped: bool = False) -> Path:
+        """The file of one embedding."""
+        return self.root / f"{key}{'.hflip' if flipped else ''}.npy"
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Keys whose embeddings (and flipped embeddings, if the cache has flips) are not cached."""
+        present = set(os.listdir(self.root))
+        return [k for k in keys if self.path(k).name not in present or (self.flips and self.path(k, True).name not in present)]
+
+    def load(self, key: str, flipped: bool = False) -> np.ndarray:
+        """One (1, 256, 64, 64) float16 embedding."""
+        path = self.path(key, flipped)
+        if not path.is_file():
+            raise TinySamError(
+                f"teacher embedding {path.name} missing from {self.root}; run tinysam-edge train cache-teacher again (it resumes)"
+            )
+        return np.load(path)
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def build_cache(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    load_input: Callable[[int, bool], tuple[np.ndarray, tuple[int, int]]],
+    keys: Sequence[str],
+    out_dir: str | Path,
+    meta: CacheMeta,
+    log: Callable[[str], None] = print,
+) -> TeacherCache:
+    """Encode every image not cached yet and store fp16 embeddings in ``out_dir``; resumes an existing cache.
+
+    ``encode`` maps a (1, 3, 1024, 1024) float tensor to its (1, 256, 64, 64) embedding and
+    ``load_input(index, flipped)`` gives image ``index`` preprocessed. An existing cache of another
+    teacher is refused rather than mixed.
+    """
+    out = Path(out_dir)
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        old = TeacherCache(out).meta
+        if old != meta:
+            raise TinySamError(
+                f"{out} holds embeddings of another teacher or flip setting ({old.checkpoint}, flips={old.flips}); use a new --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise TinySamError(f"{out} exists and is not a teacher cache; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(asdict(meta), indent=1))
+    cache = TeacherCache(out)
+
+    todo = set(cache.missing(keys))
+    log(f"teacher cache {out}: {len(keys) - len(todo)} of {len(keys)} images done, encoding {len(todo)}")
+    for index in tqdm([i for i, k in enumerate(keys) if k in todo], desc="teacher embeddings", unit="img"):
+        for flipped in (False, True) if meta.flips else (False,):
+            path = cache.path(keys[index], flipped)
+            if path.is_file():
+                continue
+            image, _ = load_input(index, flipped)
+            embedding = encode(torch.from_numpy(image))
+            _save_atomic(path, embedding.float().cpu().numpy().astype(np.float16))
+    return cache

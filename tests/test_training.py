@@ -1,0 +1,429 @@
+"""Distillation training: hard prompt sampling, losses, datasets, teacher cache, config, and a CPU smoke run."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DATA, PARITY, require
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("pycocotools")
+
+from pycocotools import mask as mask_utils  # noqa: E402
+from tinysam_edge.models import build_sam  # noqa: E402
+from tinysam_edge.models.training import losses  # noqa: E402
+from tinysam_edge.models.training.config import read_config  # noqa: E402
+from tinysam_edge.models.training.data import SegmentationDataset, load_records, make_loader, split_records, to_low_res  # noqa: E402
+from tinysam_edge.models.training.prompt_sampling import CELL, SamplerConfig, error_points, first_prompts, hard_prompts  # noqa: E402
+from tinysam_edge.models.training.teacher_cache import CacheMeta, build_cache  # noqa: E402
+
+from tinysam_edge.cli import main  # noqa: E402
+from tinysam_edge.errors import TinySamError  # noqa: E402
+
+COCO_IMAGES = DATA / "coco_mini" / "images"
+COCO8 = DATA / "coco_mini" / "annotations" / "instances_coco8seg.json"
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _square_masks(k: int, size: int = 256) -> torch.Tensor:
+    gt = torch.zeros(k, size, size, dtype=torch.bool)
+    for i in range(k):
+        gt[i, 10 + i : 60 + 3 * i, 20 : 80 + 2 * i] = True
+    return gt
+
+
+def _cells(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cells = torch.div(coords, CELL, rounding_mode="floor").long()
+    return cells[..., 0], cells[..., 1]
+
+
+# -- online hard prompt sampling -------------------------------------------------------------------
+
+
+def test_error_points_lie_in_error_region_with_matching_labels():
+    gen = _gen(0)
+    gt = torch.rand(64, 32, 32, generator=gen) > 0.6
+    pred = torch.rand(64, 32, 32, generator=gen) > 0.6
+    pred[0] = gt[0]  # a perfect prediction has no error region
+    valid = torch.zeros(32, 32, dtype=torch.bool)
+    valid[:30, :25] = True
+    coords, labels, found = error_points(pred, gt, valid, gen)
+    x, y = _cells(coords)
+    rows = torch.arange(64)
+    error = (pred ^ gt) & valid
+    assert not found[0] and found[1:].all()
+    assert error[rows[found], y[found], x[found]].all()
+    assert torch.equal(labels[found], gt[rows, y, x][found].long())  # missed -> positive, false positive -> negative
+    assert set(labels[found].tolist()) == {0, 1}
+
+
+def test_first_prompt_point_inside_gt_and_box_layout():
+    gt = _square_masks(50)
+    boxes = torch.tensor([[80.0, 40.0, 320.0, 240.0]]).repeat(50, 1)
+    prompts = first_prompts(gt, boxes, (1024, 768), SamplerConfig(box_prob=0.5, max_iterations=3), _gen(1))
+    is_box = prompts.labels[:, 0] == 2
+    assert 0 < is_box.sum() < 50 and prompts.labels.shape == (50, 5)
+    x, y = _cells(prompts.coords[~is_box, 0])
+    assert gt[(~is_box).nonzero().squeeze(1), y, x].all()
+    assert (prompts.labels[~is_box, 1] == -1).all() and (prompts.labels[is_box, 1] == 3).all()
+    assert (prompts.labels[:, 2:] == -2).all()
+    corners = prompts.coords[is_box, :2]
+    assert (corners[:, 0] <= corners[:, 1]).all() and (corners[..., 0] <= 768).all()
+
+
+def test_hard_prompts_follow_iteration_range_and_predictions():
+    gt = _square_masks(200)
+    boxes = torch.zeros(200, 4)
+    config = SamplerConfig(box_prob=0.0, min_iterations=2, max_iterations=5)
+    predictions = []
+
+    def predict(prompts):
+        # a fixed wrong prediction (a shifted square) per call, recorded to check the sampled points
+        pred = torch.roll(gt, shifts=7 + len(predictions), dims=2)
+        predictions.append((pred, prompts.labels.clone()))
+        return pred
+
+    prompts = hard_prompts(predict, gt, boxes, (1024, 1024), config, _gen(2))
+    extra = (prompts.labels[:, 2:] >= 0).sum(1)
+    assert extra.min() == 2 and extra.max() == 5  # uniform over the inclusive range, both ends drawn
+    assert len(predictions) == 5
+    for step, (pred, _) in enumerate(predictions):
+        added = prompts.labels[:, 2 + step] >= 0
+        x, y = _cells(prompts.coords[added, 2 + step])
+        assert ((pred ^ gt)[added.nonzero().squeeze(1), y, x]).all()
+    # points accumulate: the prompts seen at step s still hold every point of the earlier steps
+    for step, (_, seen) in enumerate(predictions[1:], start=1):
+        assert torch.equal(seen[:, : 2 + step], prompts.labels[:, : 2 + step])
+
+
+def test_hard_prompts_are_deterministic_with_a_seed():
+    gt = _square_masks(20)
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 100.0]]).repeat(20, 1)
+
+    def predict(prompts):
+        return torch.zeros_like(gt)
+
+    runs = [hard_prompts(predict, gt, boxes, (1024, 1024), SamplerConfig(), _gen(seed)) for seed in (3, 3, 4)]
+    assert torch.equal(runs[0].coords, runs[1].coords) and torch.equal(runs[0].labels, runs[1].labels)
+    assert not torch.equal(runs[0].coords, runs[2].coords)
+
+
+def test_sampler_config_rejects_bad_ranges():
+    with pytest.raises(ValueError, match="iterations"):
+        SamplerConfig(min_iterations=4, max_iterations=2)
+
+
+# -- losses on hand-computed tensors ---------------------------------------------------------------
+
+
+def test_hard_mask_weights_formula():
+    h = losses.hard_mask_weights(torch.tensor([0.8, 0.5, 0.0]), torch.tensor([0.4, 0.5, 0.9]))
+    expected = [1 / (1 + math.exp(-1.0)), 0.5, 1 / (1 + math.exp(1.0))]  # sigmoid(0.8/0.4-1), sigmoid(0), sigmoid(-1)
+    assert h.tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_focal_dice_iou_by_hand():
+    target = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    # logits 0: p = 0.5 everywhere; focal per pixel = w_alpha * 0.25 * ln 2 with w_alpha 0.25 (pos) / 0.75 (neg)
+    focal = losses.sigmoid_focal_loss(torch.zeros(1, 2, 2), target)
+    assert focal.item() == pytest.approx((2 * 0.25 + 2 * 0.75) * 0.25 * math.log(2) / 4, rel=1e-5)
+    # p = 1 everywhere: dice = 1 - (2*2 + 1) / (4 + 2 + 1)
+    assert losses.dice_loss(torch.full((1, 2, 2), 50.0), target).item() == pytest.approx(2 / 7, abs=1e-5)
+    pred = torch.tensor([[[True, False], [False, False]]])
+    assert losses.mask_iou(pred, target.bool()).item() == pytest.approx(0.5)
+    assert losses.mask_iou(torch.zeros(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool)).item() == 1.0
+    assert losses.l1(torch.tensor([[1.0, -1.0]]), torch.tensor([[0.0, 0.0]]), 1).item() == 1.0
+
+
+def test_supervised_tokens_follow_the_flavour():
+    points, box = torch.tensor([1, 1, 3]), torch.tensor([False, True, False])
+    assert losses.supervised_tokens(points, box, "tinysam").tolist() == [[False, True, True, True]] * 3
+    assert losses.supervised_tokens(points, box, "sam").tolist() == [
+        [False, True, True, True],
+        [True, False, False, False],
+        [True, False, False, False],
+    ]
+
+
+def test_prompt_losses_by_hand():
+    gt = torch.zeros(1, 4, 4, dtype=torch.bool)
+    gt[0, :2] = True
+    good = torch.where(gt, 20.0, -20.0)  # near-perfect logits
+    bad = -good
+    s_masks = torch.stack([good, bad, good, bad], dim=1)  # token 0 and 2 right, 1 and 3 wrong
+    t_masks = torch.stack([good, good, good, bad], dim=1)
+    student = {"masks": s_masks, "iou": torch.tensor([[1.0, 0.5, 1.0, 0.0]]), "tokens": torch.ones(1, 5, 3)}
+    teacher = {"masks": t_masks, "tokens": torch.zeros(1, 5, 3)}
+    w = losses.LossWeights(hard_mask_weighting=False)
+    terms = losses.prompt_losses(student, teacher, gt, losses.supervised_tokens(torch.tensor([1]), torch.tensor([False]), "tinysam"), w)
+    assert terms["token"].item() == pytest.approx(1.0)
+    assert terms["output"].item() == pytest.approx(40.0 / 4)  # only token 1 differs, by 40 on every pixel
+    assert terms["mask"].item() < 1e-3  # the best candidate (token 2) is right
+    assert terms["iou"].item() == pytest.approx(0.5 / 4)  # actual IoUs 1, 0, 1, 0
+    assert terms["total"].item() == pytest.approx(1.0 + 10.0 + terms["mask"].item() + 0.125, rel=1e-5)
+    hmw = losses.prompt_losses(student, teacher, gt, torch.tensor([[False, True, True, True]]), losses.LossWeights())
+    # token 1: teacher IoU 1, student 0 -> weight sigmoid(1/eps - 1) ~ 1
+    assert hmw["output"].item() == pytest.approx(40.0 / 4, rel=1e-4)
+    assert hmw["hard_weight"].item() == pytest.approx((0.5 + 1.0 + 0.5 + 1 / (1 + math.exp(1.0))) / 4, rel=1e-4)
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes_sa1b(tmp_path_factory):
+    """A tiny SA-1B-layout folder of generated shapes: sa_N.jpg next to sa_N.json with COCO RLE masks."""
+    root = tmp_path_factory.mktemp("sa1b")
+    rng = np.random.default_rng(0)
+    for n in range(4):
+        h, w = 300 + 40 * n, 420
+        image = np.full((h, w, 3), 40, np.uint8)
+        anns = []
+        for k in range(3):
+            mask = np.zeros((h, w), np.uint8)
+            center = (int(rng.integers(60, w - 60)), int(rng.integers(60, h - 60)))
+            cv2.ellipse(mask, center, (int(rng.integers(20, 60)), int(rng.integers(20, 60))), 0, 0, 360, 1, -1)
+            image[mask > 0] = rng.integers(80, 255, 3)
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            anns.append({"id": k, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}, "area": int(mask.sum())})
+        cv2.imwrite(str(root / f"sa_{n}.jpg"), image)
+        (root / f"sa_{n}.json").write_text(
+            json.dumps({"image": {"image_id": n, "height": h, "width": w, "file_name": f"sa_{n}.jpg"}, "annotations": anns})
+        )
+    return root
+
+
+def test_sa1b_dataset_decodes_masks_into_the_input_frame(shapes_sa1b):
+    records = load_records(shapes_sa1b)
+    assert [r.key for r in records] == ["sa_0", "sa_1", "sa_2", "sa_3"]
+    sample = SegmentationDataset(records, max_masks=8)[1]
+    ann = records[1].annotations[0]
+    mask = mask_utils.decode(ann["segmentation"]).astype(bool)
+    assert sample["image"].shape == (3, 1024, 1024) and sample["masks"].shape == (3, 256, 256)
+    assert sample["input_size"] == (829, 1024)  # 340x420 scaled to a 1024 long side
+    expected = {
+        m.sum() for m in (to_low_res(mask_utils.decode(a["segmentation"]).astype(bool), (829, 1024)) for a in records[1].annotations)
+    }
+    assert {int(m.sum()) for m in sample["masks"]} == {int(v) for v in expected}
+    assert not sample["masks"][:, 208:].any()  # nothing in the padding below ceil(829 / 4)
+    assert (sample["boxes"][:, 2:] <= torch.tensor([1024.0, 829.0])).all()
+    assert mask.any()
+
+
+def test_flips_are_seeded_per_sample_and_mirror_masks(shapes_sa1b):
+    records = load_records(shapes_sa1b)
+    data = SegmentationDataset(records, flip=True, seed=5)
+    draws = [[data[i]["flipped"] for i in range(4)] for _ in range(2)]
+    assert draws[0] == draws[1]
+    data.set_epoch(1)
+    flips = {data[i]["flipped"] for i in range(4)} | set(draws[0])
+    assert flips == {True, False}
+    plain = SegmentationDataset(records, flip=False)
+    for i in range(4):
+        s, p = data[i], plain[i]
+        if s["flipped"]:  # every mask is the mirror image of one of the unflipped sample's masks (the width is 1024 here)
+            assert s["input_size"][1] == 1024
+            for m in s["masks"]:
+                assert max(losses.mask_iou(m.flip(-1), q).item() for q in p["masks"]) > 0.98
+
+
+def test_loader_with_worker_processes_matches_in_process_loading(shapes_sa1b):
+    data = SegmentationDataset(load_records(shapes_sa1b), flip=True, seed=1)
+    batches = [list(make_loader(data, batch_size=2, num_workers=n, shuffle=True, seed=3)) for n in (0, 2)]
+    for a, b in zip(*batches, strict=True):
+        assert a["key"] == b["key"] and a["flipped"] == b["flipped"]
+        assert torch.equal(a["image"], b["image"]) and all(torch.equal(x, y) for x, y in zip(a["masks"], b["masks"], strict=True))
+
+
+def test_split_is_deterministic_and_disjoint(shapes_sa1b):
+    records = load_records(shapes_sa1b)
+    train, val = split_records(records, 0.25, seed=0)
+    assert len(val) == 1 and len(train) == 3 and not {r.key for r in train} & {r.key for r in val}
+    assert split_records(records, 0.25, seed=0) == (train, val)
+
+
+def test_sa1b_without_annotation_file_is_a_clear_error(tmp_path):
+    cv2.imwrite(str(tmp_path / "sa_9.jpg"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="no annotation file sa_9.json"):
+        load_records(tmp_path)
+
+
+def test_coco_dataset_reads_coco_mini():
+    records = load_records(require(COCO_IMAGES), require(COCO8))
+    assert len(records) == 8
+    sample = SegmentationDataset(records, max_masks=4)[0]
+    assert 1 <= sample["masks"].shape[0] <= 4 and sample["boxes"].shape == (sample["masks"].shape[0], 4)
+
+
+# -- teacher cache ---------------------------------------------------------------------------------
+
+
+def test_teacher_cache_is_fp16_resumable_and_refuses_another_teacher(shapes_sa1b, tmp_path):
+    data = SegmentationDataset(load_records(shapes_sa1b))
+    keys = [r.key for r in data.records]
+    calls = []
+
+    def encode(image):
+        calls.append(image.shape)
+        return torch.full((1, 256, 64, 64), float(len(calls)))
+
+    meta = CacheMeta("vit_t", "t.pth", "a" * 64, flips=True)
+    cache = build_cache(encode, data.load_input, keys, tmp_path / "cache", meta, log=lambda *_: None)
+    assert len(calls) == 8 and cache.missing(keys) == []
+    emb = cache.load("sa_2", flipped=True)
+    assert emb.dtype == np.float16 and emb.shape == (1, 256, 64, 64)
+    cache.path("sa_1", flipped=True).unlink()
+    build_cache(encode, data.load_input, keys, tmp_path / "cache", meta, log=lambda *_: None)
+    assert len(calls) == 9  # only the missing file was encoded again
+    other = CacheMeta("vit_b", "b.pth", "b" * 64, flips=True)
+    with pytest.raises(TinySamError, match="another teacher"):
+        build_cache(encode, data.load_input, keys, tmp_path / "cache", other, log=lambda *_: None)
+    with pytest.raises(ValueError, match="flipped teacher embeddings"):
+        SegmentationDataset(
+            data.records,
+            flip=True,
+            teacher_cache=build_cache(encode, data.load_input, keys, tmp_path / "c2", CacheMeta("vit_t", "t", "a", False)),
+        )
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+
+def test_config_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[optim]\nlr = 1\n[loss]\ntoken = 0.5\n")
+    config = read_config(path, ["optim.max_steps=7", "run.out=somewhere", "sampler.max_iterations=2"])
+    assert config.optim.lr == 1.0 and config.loss.token == 0.5 and config.optim.max_steps == 7
+    assert config.run.out == "somewhere" and config.sampler.slots == 4
+    path.write_text("[optim]\nlearning_rate = 1\n")
+    with pytest.raises(ValueError, match="unknown key.*learning_rate"):
+        read_config(path)
+    path.write_text('[optim]\nlr = "fast"\n')
+    with pytest.raises(ValueError, match="lr must be float"):
+        read_config(path)
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("optim:\n  batch_size: 3\n")
+    if pytest.importorskip("yaml"):
+        assert read_config(yaml_path).optim.batch_size == 3
+
+
+def test_train_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "distill", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("keep me")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\nout = "{tmp_path / "run"}"\n')
+    assert main(["train", "distill", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and err.count("\n") == 1
+    assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
+
+
+# -- smoke run -------------------------------------------------------------------------------------
+
+
+def _cli(*args) -> None:
+    """Run the CLI in a child process, as a user would (it also keeps training state out of the test process)."""
+    result = subprocess.run([sys.executable, "-m", "tinysam_edge", *map(str, args)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(random_checkpoint, shapes_sa1b, tmp_path_factory):
+    """cache-teacher + 20 distillation steps through the CLI: parity weights (else a random model) teach a fresh student."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    if COCO8.is_file():
+        images = tmp / "images"  # three coco_mini images (links, not copies)
+        images.mkdir()
+        for name in sorted(p.name for p in COCO_IMAGES.iterdir())[:3]:
+            (images / name).symlink_to(COCO_IMAGES / name)
+        data = ["--images", str(images), "--annotations", str(COCO8)]
+        data_cfg = f'images = "{images}"\nannotations = "{COCO8}"\n'
+    else:
+        data = ["--images", str(shapes_sa1b)]
+        data_cfg = f'images = "{shapes_sa1b}"\nlimit = 3\n'
+    teacher = str(PARITY / "weights.pt" if (PARITY / "weights.pt").is_file() else random_checkpoint)
+    _cli("train", "cache-teacher", "--teacher", teacher, *data, "--out", tmp / "cache")
+    config = tmp / "smoke.toml"
+    config.write_text(
+        f"[data]\n{data_cfg}val_fraction = 0.34\nmax_masks = 4\nflip = false\nnum_workers = 0\nval_max_images = 1\n"
+        f'[teacher]\ncheckpoint = "{teacher}"\ncache = "{tmp / "cache"}"\n'
+        '[student]\ninit = "scratch"\ndecoder_from_teacher = false\n'
+        "[sampler]\nmax_iterations = 2\n"
+        "[optim]\nlr = 1e-3\nwarmup_steps = 2\nmax_steps = 20\nbatch_size = 1\n"
+        f'[run]\nout = "{tmp / "run"}"\nlog_every = 1\nval_every = 20\nsave_every = 10\n'
+    )
+    _cli("train", "distill", "--config", config)
+    return tmp
+
+
+def _log_rows(run) -> list[dict]:
+    with open(run / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_distillation_loss_goes_down(smoke_run):
+    rows = _log_rows(smoke_run / "run")
+    assert [int(r["step"]) for r in rows] == list(range(1, 21))
+    total = [float(r["total"]) for r in rows]
+    assert np.mean(total[-5:]) < 0.8 * np.mean(total[:5])
+    embedding = [float(r["embedding"]) for r in rows]
+    assert np.mean(embedding[-5:]) < np.mean(embedding[:5])
+    with open(smoke_run / "run" / "val.csv") as f:
+        vals = list(csv.DictReader(f))
+    assert [int(v["step"]) for v in vals] == [0, 20] and all(0 <= float(v["box_miou"]) <= 1 for v in vals)
+    assert (smoke_run / "run" / "training.png").stat().st_size > 10_000
+
+
+def test_smoke_checkpoint_reloads_strictly_and_exports(smoke_run):
+    pytest.importorskip("openvino")
+    from tinysam_edge.quantize.export import export_checkpoint
+
+    from tinysam_edge.manifest import Manifest
+
+    ckpt = smoke_run / "run" / "student_last.pth"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    model = build_sam("vit_t", checkpoint=ckpt)
+    assert build_sam("auto", checkpoint=ckpt).flavour == "tinysam"
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    export_checkpoint(ckpt, smoke_run / "ir", log=lambda *_: None)
+    assert Manifest.read(smoke_run / "ir").source["name"] == "student_last.pth"
+
+
+def test_smoke_run_resumes_from_its_last_state(smoke_run):
+    config = smoke_run / "smoke.toml"
+    _cli("train", "distill", "--config", config, "--set", "optim.max_steps=22", "--resume")
+    steps = [int(r["step"]) for r in _log_rows(smoke_run / "run")]
+    assert steps == list(range(1, 23))
+    state = torch.load(smoke_run / "run" / "train_state.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 22 and state["optimizer"]["state"]
+
+
+def test_student_init_from_scratch_or_checkpoint(random_checkpoint, tmp_path):
+    from tinysam_edge.models import save_checkpoint
+    from tinysam_edge.models.training.config import config_from_dict
+    from tinysam_edge.models.training.distill import build_models
+
+    torch.manual_seed(1)
+    save_checkpoint(build_sam("vit_t"), tmp_path / "other.pth")
+    teacher_cfg = {"checkpoint": str(random_checkpoint)}
+    teacher, student = build_models(config_from_dict({"teacher": teacher_cfg}), torch.device("cpu"), log=lambda *_: None)
+    assert student.training and not teacher.training and teacher.flavour == "tinysam"
+    assert all(torch.equal(v, teacher.mask_decoder.state_dict()[k]) for k, v in student.mask_decoder.state_dict().items())
+    assert not torch.equal(student.image_encoder.neck[0].weight, teacher.image_encoder.neck[0].weight)
+    frozen = {n for n, p in student.named_parameters() if not p.requires_grad}
+    assert frozen and all("mask_downscaling" in n or n.endswith("token_to_image.k_proj.bias") for n in frozen)
+    student_cfg = {"init": str(tmp_path / "other.pth")}
+    _, warm = build_models(config_from_dict({"teacher": teacher_cfg, "student": student_cfg}), torch.device("cpu"), log=lambda *_: None)
+    reference = build_sam("vit_t", checkpoint=tmp_path / "other.pth")
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in warm.state_dict().items())
