@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Distillation recipe end to end on this workspace's coco_mini: cache the teacher's embeddings, distill a
-# fresh student for 20 steps, export the result to OpenVINO IR. Run from the repository root.
+# fresh student for 20 steps, export the result to OpenVINO IR. Run from the repository root with the
+# virtual environment active (source .venv/bin/activate); the optional argument is the output folder.
 set -euo pipefail
 SHARED=${TINYSAM_SHARED:-../shared}
 OUT=${1:-runs}
