@@ -8,6 +8,8 @@ OUT=${1:-runs}
 tinysam-edge train cache-teacher --teacher "$SHARED/fixtures/parity/weights.pt" \
     --images "$SHARED/data/coco_mini/images" --annotations "$SHARED/data/coco_mini/annotations/instances_coco8seg.json" \
     --out "$OUT/smoke_teacher" --flip
-tinysam-edge train distill --config configs/distill_smoke.toml --set "run.out=$OUT/smoke" --set "teacher.cache=$OUT/smoke_teacher"
+tinysam-edge train distill --config configs/distill_smoke.toml --set "run.out=$OUT/smoke" --set "teacher.cache=$OUT/smoke_teacher" \
+    --set "teacher.checkpoint=$SHARED/fixtures/parity/weights.pt" --set "data.images=$SHARED/data/coco_mini/images" \
+    --set "data.annotations=$SHARED/data/coco_mini/annotations/instances_coco8seg.json"
 tinysam-edge export --checkpoint "$OUT/smoke/student_last.pth" --out "$OUT/smoke_ir"
 echo "losses: $OUT/smoke/log.csv, plot: $OUT/smoke/training.png, IR: $OUT/smoke_ir"
