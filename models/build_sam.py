@@ -1,6 +1,5 @@
 """Model registry and strict, safe checkpoint IO in the official state_dict layout."""
 
-import os
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import torch
 
 from tinysam_edge.errors import CheckpointError
+from tinysam_edge.files import atomic_write
 from tinysam_edge.masks import FLAVOURS
 from tinysam_edge.weights import resolve_checkpoint
 
@@ -170,7 +170,5 @@ def load_weights(model: Sam, state: Mapping[str, torch.Tensor], source: str = "c
 
 def save_checkpoint(model: Sam, path: str | Path) -> None:
     """Save a plain state_dict in the official key layout (loadable by ``build_sam``), atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(model.state_dict(), tmp)

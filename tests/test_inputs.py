@@ -138,3 +138,17 @@ def test_encode_prompts_layout():
     mask_only = check_prompts(None, None, None, np.zeros((1, 256, 256)), SIZE)
     coords, labels = encode_prompts(mask_only, SIZE)
     assert coords.shape == (1, 0, 2) and labels.shape == (1, 0)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from tinysam_edge.files import atomic_write
+
+    target = tmp_path / "state.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]

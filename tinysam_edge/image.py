@@ -1,12 +1,12 @@
 """Reading images and bringing arrays to the HxWx3 uint8 RGB form the models expect."""
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import TinySamError
+from .files import atomic_write
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -57,6 +57,5 @@ def save_image(path: str | Path, image: np.ndarray, overwrite: bool = False) -> 
     if not ok:
         raise TinySamError(f"cannot encode an image as {path.suffix!r}; use .png or .jpg")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())

@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import WeightsError
+from .files import atomic_write
 
 CHECKSUMS_FILE = "checksums.json"
 
@@ -86,9 +87,8 @@ def _record_checksum(entry: WeightsEntry, size: int, sha256: str) -> None:
     sums = _read_checksums()
     sums[entry.filename] = {"size": size, "sha256": sha256, "url": entry.url}
     target = cache_dir() / CHECKSUMS_FILE
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(sums, indent=2, sort_keys=True))
-    os.replace(tmp, target)
+    with atomic_write(target) as tmp:
+        tmp.write_text(json.dumps(sums, indent=2, sort_keys=True))
 
 
 def sha256_file(path: Path) -> str:

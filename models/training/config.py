@@ -91,8 +91,9 @@ def _section(cls: type, values: dict, name: str):  # noqa: ANN202 - returns an i
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown key(s) in config section [{name}]: {', '.join(unknown)} (known: {', '.join(known)})")
+    defaults = cls()
     for key, value in values.items():
-        expected = type(getattr(cls(), key))
+        expected = type(getattr(defaults, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
         elif not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):

@@ -50,9 +50,9 @@ def sa1b_records(images: Path) -> list[ImageRecord]:
 
 def coco_records(images: Path, annotations: Path) -> list[ImageRecord]:
     """Records of a COCO instances JSON (crowd regions are skipped) whose images are in ``images``."""
-    coco = COCO(str(annotations)) if Path(annotations).is_file() else None
-    if coco is None:
+    if not Path(annotations).is_file():
         raise ValueError(f"annotation file not found: {annotations}")
+    coco = COCO(str(annotations))
     records = []
     for image_id in sorted(coco.getImgIds()):
         info = coco.loadImgs(image_id)[0]

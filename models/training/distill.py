@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tinysam_edge.errors import TinySamError
+from tinysam_edge.files import atomic_write
 from tinysam_edge.weights import resolve_checkpoint, sha256_file
 
 from ..build_sam import build_sam, infer_model_name, save_checkpoint
@@ -176,12 +177,6 @@ def _append_csv(path: Path, fields: list[str], row: dict) -> None:
         writer.writerow({k: row.get(k, "") for k in fields})
 
 
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def freeze_gradless(model: Sam) -> None:
     """Freeze parameters whose gradient is always zero here, so DDP needs no unused-parameter search.
 
@@ -322,7 +317,8 @@ def train(config: DistillConfig, resume: bool = False, log: Callable[[str], None
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
         }
-        _save_state(out / STATE_FILE, state)
+        with atomic_write(out / STATE_FILE) as tmp:
+            torch.save(state, tmp)
         log(f"saved {tag} checkpoint at step {step}: {out / LAST_CHECKPOINT}")
 
     best = _best_score(out / "val.csv")

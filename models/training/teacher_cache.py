@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from tinysam_edge.errors import TinySamError
+from tinysam_edge.files import atomic_write
 
 FORMAT_VERSION = 1
 EMBEDDING_SHAPE = (1, 256, 64, 64)
@@ -68,13 +69,6 @@ class TeacherCache:
         return np.load(path)
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
 def build_cache(
     encode: Callable[[torch.Tensor], torch.Tensor],
     load_input: Callable[[int, bool], tuple[np.ndarray, tuple[int, int]]],
@@ -112,5 +106,6 @@ def build_cache(
                 continue
             image, _ = load_input(index, flipped)
             embedding = encode(torch.from_numpy(image))
-            _save_atomic(path, embedding.float().cpu().numpy().astype(np.float16))
+            with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
+                np.save(f, embedding.float().cpu().numpy().astype(np.float16))
     return cache
