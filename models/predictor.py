@@ -5,7 +5,7 @@ import torch
 
 from tinysam_edge.predictor import PredictorBase
 
-from .modeling import Sam
+from .modeling import CachedMaskDecoder, Sam
 
 
 class TorchPredictor(PredictorBase):
@@ -14,6 +14,7 @@ class TorchPredictor(PredictorBase):
     def __init__(self, model: Sam) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        self._cached = CachedMaskDecoder(model.prompt_encoder, model.mask_decoder).to(self.device).eval()
         super().__init__(model.flavour)
 
     @torch.inference_mode()
@@ -28,3 +29,12 @@ class TorchPredictor(PredictorBase):
         mask = None if mask_input is None else to_torch(mask_input)
         low_res, iou = self.model.decode(to_torch(embedding), to_torch(coords), to_torch(labels), mask)
         return low_res.cpu().numpy(), iou.cpu().numpy()
+
+    @torch.inference_mode()
+    def _image_state(self, embedding: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return self._cached.image_state(torch.from_numpy(embedding).to(self.device))
+
+    @torch.inference_mode()
+    def _decode_cached(self, state, coords: np.ndarray, labels: np.ndarray, with_masks: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        low_res, iou = self._cached(state, torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device), with_masks)
+        return (low_res.cpu().numpy() if with_masks else None), iou.cpu().numpy()

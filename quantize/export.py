@@ -14,9 +14,10 @@ from torch import nn
 
 from tinysam_edge import __version__
 from tinysam_edge.errors import ModelDirError, TinySamError
-from tinysam_edge.manifest import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, Manifest, VariantShape
+from tinysam_edge.manifest import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, PROMPT_POINT_INPUTS, Manifest, VariantShape
 from tinysam_edge.models import build_sam
-from tinysam_edge.models.modeling import Sam
+from tinysam_edge.models.modeling import CachedMaskDecoder, Sam
+from tinysam_edge.models.modeling.cached_decoder import STATE_NAMES
 from tinysam_edge.weights import cache_dir, resolve_checkpoint, sha256_file
 
 DEFAULT_POINT_SLOTS = 8
@@ -54,6 +55,29 @@ class DecoderForExport(nn.Module):
         return masks, iou
 
 
+class ImageStateForExport(nn.Module):
+    """(1, 256, 64, 64) embedding -> the cached decoder's per-image tensors (``STATE_NAMES``)."""
+
+    def __init__(self, cached: CachedMaskDecoder) -> None:
+        super().__init__()
+        self.cached = cached
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.cached.image_state(image_embeddings)
+
+
+class PromptDecoderForExport(nn.Module):
+    """Per-image tensors + (B, N, 2) coords / (B, N) labels -> low-res logits (B, 4, 256, 256) and IoU (B, 4)."""
+
+    def __init__(self, cached: CachedMaskDecoder) -> None:
+        super().__init__()
+        self.cached = cached
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *state, point_coords, point_labels = inputs
+        return self.cached(tuple(state), point_coords, point_labels)
+
+
 def _name_ports(model: ov.Model, inputs: list[str], outputs: list[str]) -> ov.Model:
     for port, name in zip(model.inputs, inputs):
         port.get_tensor().set_names({name})
@@ -85,6 +109,22 @@ def convert_decoder(sam: Sam) -> ov.Model:
     return _name_ports(model, list(DECODER_INPUTS), list(DECODER_OUTPUTS))
 
 
+def convert_cached_decoder(sam: Sam) -> tuple[ov.Model, ov.Model]:
+    """The decoder split for repeated prompts: per-image state graph and per-prompt graph (dynamic B, N)."""
+    cached = CachedMaskDecoder(sam.prompt_encoder, sam.mask_decoder).eval()
+    embedding = torch.zeros(1, 256, 64, 64)
+    with torch.no_grad():
+        state = cached.image_state(embedding)
+        image_model = ov.convert_model(ImageStateForExport(cached), example_input=(embedding,), input=[ov.PartialShape([1, 256, 64, 64])])
+        example = (*state, torch.zeros(1, 2, 2), torch.tensor([[1.0, -1.0]]))
+        shapes = [ov.PartialShape(list(t.shape)) for t in state] + [ov.PartialShape([-1, -1, 2]), ov.PartialShape([-1, -1])]
+        prompt_model = ov.convert_model(PromptDecoderForExport(cached), example_input=example, input=shapes)
+    return (
+        _name_ports(image_model, ["image_embeddings"], list(STATE_NAMES)),
+        _name_ports(prompt_model, [*STATE_NAMES, *PROMPT_POINT_INPUTS], list(DECODER_OUTPUTS)),
+    )
+
+
 def static_decoder(decoder: ov.Model, batch: int, points: int) -> ov.Model:
     """A copy of the dynamic decoder reshaped to B=``batch`` prompts of N=``points`` slots (mask batch 1)."""
     model = decoder.clone()
@@ -111,10 +151,13 @@ def export_ir(
     log(f"converted encoder in {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
     decoder = convert_decoder(sam)
-    log(f"converted decoder in {time.perf_counter() - start:.1f} s")
+    decoder_image, decoder_prompt = convert_cached_decoder(sam)
+    log(f"converted decoders in {time.perf_counter() - start:.1f} s")
     models = {
         "encoder": (encoder, None),
         "decoder": (decoder, None),
+        "decoder_image": (decoder_image, None),
+        "decoder_prompt": (decoder_prompt, None),
         "decoder_static": (static_decoder(decoder, 1, point_slots), VariantShape(1, point_slots)),
         "decoder_static_batch": (static_decoder(decoder, static_batch, point_slots), VariantShape(static_batch, point_slots)),
     }

@@ -9,7 +9,7 @@ from .image import load_image, to_rgb_uint8
 from .mask_generator import HierarchicalMaskGenerator, MaskGenerator
 from .predictor import Predictor, PredictorBase
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CheckpointError",

@@ -23,6 +23,12 @@ DECODER_INPUTS = {
     "mask_input": "[M,1,256,256] f32 low-res logits of an earlier prediction, M in {1, B}",
     "has_mask_input": "[1] f32: 1 uses mask_input, 0 the learned no-mask embedding",
 }
+PROMPT_POINT_INPUTS = ("point_coords", "point_labels")
+CACHED_DECODER_CONTRACT = {
+    "decoder_image": "image_embeddings [1,256,64,64] f32 -> the per-image tensors of the cached decoder (no mask prompt)",
+    "decoder_prompt": "those tensors + point_coords / point_labels (as for decoder) -> the decoder's outputs; CPU only,"
+    " static-shape devices (GPU, NPU) use decoder_static*, which keep the plain graph",
+}
 DECODER_OUTPUTS = {
     "low_res_logits": "[B,4,256,256] f32, all four mask tokens (token 0: single-mask output, 1..3: multimask)",
     "iou_predictions": "[B,4] f32",
@@ -53,7 +59,12 @@ class Manifest:
     def write(self, model_dir: str | Path) -> None:
         """Write ``manifest.json`` with the input contract."""
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
-        data["contract"] = {"encoder": ENCODER_CONTRACT, "decoder_inputs": DECODER_INPUTS, "decoder_outputs": DECODER_OUTPUTS}
+        data["contract"] = {
+            "encoder": ENCODER_CONTRACT,
+            "decoder_inputs": DECODER_INPUTS,
+            "decoder_outputs": DECODER_OUTPUTS,
+            "cached_decoder": CACHED_DECODER_CONTRACT,
+        }
         (Path(model_dir) / MANIFEST_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod

@@ -11,20 +11,26 @@ FLAVOURS = ("tinysam", "sam")
 MASK_THRESHOLD = 0.0
 
 
-def select_masks(low_res_logits: np.ndarray, iou_predictions: np.ndarray, multimask_output: bool, flavour: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pick outputs from all 4 decoder tokens: (B, 4, h, w), (B, 4) -> (B, K, h, w), (B, K).
+def select_tokens(iou_predictions: np.ndarray, multimask_output: bool, flavour: str) -> np.ndarray:
+    """Which of the 4 decoder tokens each prompt returns: (B, 4) IoU -> (B, K) token indices.
 
     ``multimask_output=True`` gives tokens 1..3 (K=3). Otherwise K=1: the best-IoU token of 1..3
     for the ``"tinysam"`` flavour, token 0 for ``"sam"``.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; choose one of {FLAVOURS}")
+    b = iou_predictions.shape[0]
     if multimask_output:
-        return low_res_logits[:, 1:], iou_predictions[:, 1:]
+        return np.tile(np.arange(1, 4), (b, 1))
     if flavour == "sam":
-        return low_res_logits[:, :1], iou_predictions[:, :1]
-    best = 1 + np.argmax(iou_predictions[:, 1:], axis=1)[:, None]
-    return np.take_along_axis(low_res_logits, best[:, :, None, None], axis=1), np.take_along_axis(iou_predictions, best, axis=1)
+        return np.zeros((b, 1), np.int64)
+    return 1 + np.argmax(iou_predictions[:, 1:], axis=1)[:, None]
+
+
+def select_masks(low_res_logits: np.ndarray, iou_predictions: np.ndarray, multimask_output: bool, flavour: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pick outputs from all 4 decoder tokens (see ``select_tokens``): (B, 4, h, w), (B, 4) -> (B, K, h, w), (B, K)."""
+    tokens = select_tokens(iou_predictions, multimask_output, flavour)
+    return np.take_along_axis(low_res_logits, tokens[:, :, None, None], axis=1), np.take_along_axis(iou_predictions, tokens, axis=1)
 
 
 def postprocess_masks(low_res_logits: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:

@@ -8,17 +8,23 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from .decoder_graphs import DecoderGraphs, ImageState
 from .devices import STATIC_DEVICES, check_device, compile_config, compile_model, describe, device_family
 from .errors import ModelDirError
 from .image import to_rgb_uint8
-from .manifest import DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, Manifest, VariantShape
-from .masks import MASK_THRESHOLD, postprocess_masks, select_masks
-from .prompts import LABEL_EMPTY, LOW_RES_SIZE, check_batch_prompts, check_prompts, encode_prompts
+from .manifest import ENCODER_INPUT, ENCODER_OUTPUT, Manifest
+from .masks import MASK_THRESHOLD, postprocess_masks, select_masks, select_tokens
+from .prompts import check_batch_prompts, check_prompts, encode_prompts
 from .transforms import preprocess
 
 
 class PredictorBase(ABC):
     """Shared pre/post-processing; a backend implements ``_encode`` and ``_decode``.
+
+    A backend may also implement ``_image_state`` / ``_decode_cached``: the decoder split into a
+    per-image part and a cheaper per-prompt part. The split is used from the second prompt on an
+    image and for every batch, never for a first single click (the per-image part costs about as
+    much as one or two prompts), and never with ``mask_input``.
 
     Not thread-safe: it holds the current image's embedding and reusable inference requests.
     Use one predictor per thread.
@@ -38,11 +44,24 @@ class PredictorBase(ABC):
     def _decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Decode (B, N, 2) coords / (B, N) labels -> all 4 tokens' logits (B, 4, 256, 256) and IoU (B, 4)."""
 
+    def _image_state(self, embedding: np.ndarray) -> object | None:
+        """The per-image part of the decoder for (1, 256, 64, 64) ``embedding``; None where the backend has none."""
+        return None
+
+    def _decode_cached(self, state: object, coords: np.ndarray, labels: np.ndarray, with_masks: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """``_decode`` without mask_input from an ``_image_state``; logits are None when ``with_masks`` is False."""
+        raise NotImplementedError
+
     def reset_image(self) -> None:
-        """Forget the current image."""
-        self.features: np.ndarray | None = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
+        """Forget the current image (and its decoder state)."""
+        self._set_features(None, None, None)
+
+    def _set_features(self, features: np.ndarray | None, original_size: tuple[int, int] | None, input_size: tuple[int, int] | None) -> None:
+        self.features = features
+        self.original_size = original_size
+        self.input_size = input_size
+        self._state: object | None = None
+        self._prompts_on_image = 0
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of an HxWx3 uint8 image (grayscale/RGBA are converted)."""
@@ -50,10 +69,9 @@ class PredictorBase(ABC):
         rgb = to_rgb_uint8(image, image_format)
         input_tensor, input_size = preprocess(rgb)
         encode_start = time.perf_counter()
-        self.features = self._encode(input_tensor)
+        features = self._encode(input_tensor)
         self.timings = {"preprocess": encode_start - start, "encoder": time.perf_counter() - encode_start}
-        self.original_size = (rgb.shape[0], rgb.shape[1])
-        self.input_size = input_size
+        self._set_features(features, (rgb.shape[0], rgb.shape[1]), input_size)
 
     @property
     def is_image_set(self) -> bool:
@@ -89,7 +107,7 @@ class PredictorBase(ABC):
         coords, labels = encode_prompts(prompts, self.original_size)
         mask = None if prompts.mask_input is None else prompts.mask_input[None]
         start = time.perf_counter()
-        low_res, iou = self._decode(self.features, coords, labels, mask)
+        low_res, iou = self._decode_prompts(coords, labels, mask, batch=False)
         post_start = time.perf_counter()
         low_res, iou = select_masks(low_res, iou, multimask_output, self.flavour)
         masks = self.upscale(low_res[0])
@@ -110,11 +128,45 @@ class PredictorBase(ABC):
         Labels are 1/0, with -1 padding sets that have fewer points. Returns low-res logits
         (B, C, 256, 256) and scores (B, C); ``upscale`` turns chosen logits into full-size ones.
         """
+        coords, labels = self._batch_inputs(point_coords, point_labels, boxes)
+        low_res, iou = self._decode_prompts(coords, labels, None, batch=True)
+        return select_masks(low_res, iou, multimask_output, self.flavour)
+
+    def decode_batch_scores(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> np.ndarray:
+        """The scores (B, C) that ``decode_batch`` would return, without computing any mask.
+
+        Where the backend has the split decoder this skips the mask branch (about 40% of a
+        prompt), so callers that filter on predicted IoU decode masks only for the survivors.
+        """
+        coords, labels = self._batch_inputs(point_coords, point_labels, boxes)
+        _, iou = self._decode_prompts(coords, labels, None, batch=True, with_masks=False)
+        return np.take_along_axis(iou, select_tokens(iou, multimask_output, self.flavour), axis=1)
+
+    def _batch_inputs(self, point_coords, point_labels, boxes) -> tuple[np.ndarray, np.ndarray]:
         self._require_image()
         prompts = check_batch_prompts(point_coords, point_labels, boxes, self.original_size)
-        coords, labels = encode_prompts(prompts, self.original_size)
-        low_res, iou = self._decode(self.features, coords, labels, None)
-        return select_masks(low_res, iou, multimask_output, self.flavour)
+        return encode_prompts(prompts, self.original_size)
+
+    def _decode_prompts(
+        self, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, batch: bool, with_masks: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Decode on the current image: the split decoder for batches and repeated prompts, else ``_decode``."""
+        self._prompts_on_image += 1
+        if mask is None and (batch or self._prompts_on_image > 1 or self._state is not None):
+            if self._state is None:
+                start = time.perf_counter()
+                self._state = self._image_state(self.features)
+                if self._state is not None:
+                    self.timings["decoder_state"] = time.perf_counter() - start
+            if self._state is not None:
+                return self._decode_cached(self._state, coords, labels, with_masks)
+        return self._decode(self.features, coords, labels, mask)
 
     def upscale(self, low_res_logits: np.ndarray) -> np.ndarray:
         """(C, 256, 256) low-res logits of the current image -> (C, H, W) float32 logits."""
@@ -133,9 +185,6 @@ class Predictor(PredictorBase):
     weights cache's ``ov-cache``).
     """
 
-    #: How many exact (batch, points, masks) decoder shapes a CPU predictor compiles on first use.
-    MAX_SPECIALIZED = 8
-
     def __init__(
         self,
         model_dir: str | Path,
@@ -153,25 +202,12 @@ class Predictor(PredictorBase):
         check_device(core, device)
         config = compile_config(device, precision, num_threads, cache_dir, performance_hint)
         self.static_shapes = device_family(device) in STATIC_DEVICES if static_shapes is None else static_shapes
-
         self._encoder = compile_model(core, self._read(core, "encoder"), device, config)
-        self._core, self._config = core, config
-        self._decoders: dict[object, ov.CompiledModel] = {}
-        if self.static_shapes:
-            for role in ("decoder_static", "decoder_static_batch"):
-                if role not in self.manifest.files:
-                    raise ModelDirError(f"{self.model_dir} has no {role} IR, which {device} needs; re-export the model")
-                self._decoders[self.manifest.static_shapes[role]] = compile_model(core, self._read(core, role), device, config)
-            self._interactive, self._batched = (self.manifest.static_shapes[r] for r in ("decoder_static", "decoder_static_batch"))
-        else:
-            self._dynamic_decoder = self._read(core, "decoder")
-            self._decoders[None] = compile_model(core, self._dynamic_decoder, device, config)
-        self._requests = {key: model.create_infer_request() for key, model in self._decoders.items()}
-        if not self.static_shapes:
-            self._specialized((1, 2), 0)  # one click (point + padding point): ready before the first click
+        self.device_used, self.precision_used = describe(self._encoder)
+        bf16 = self.precision_used == "bf16"
+        self._decoders = DecoderGraphs(core, lambda role: self._read(core, role), self.manifest, device, config, self.static_shapes, bf16)
         self._encoder_request = self._encoder.create_infer_request()
         self._encoder_queue: ov.AsyncInferQueue | None = None
-        self.device_used, self.precision_used = describe(self._encoder)
         super().__init__(self.manifest.flavour)
 
     def set_image_async(self, image: np.ndarray, image_format: str = "RGB") -> Callable[[], None]:
@@ -191,8 +227,8 @@ class Predictor(PredictorBase):
         def finish() -> None:
             self._encoder_queue.wait_all()
             request = self._encoder_queue[0]
-            self.features = request.get_tensor(self._encoder.output(ENCODER_OUTPUT)).data.copy()
-            self.original_size, self.input_size = (rgb.shape[0], rgb.shape[1]), input_size
+            features = request.get_tensor(self._encoder.output(ENCODER_OUTPUT)).data.copy()
+            self._set_features(features, (rgb.shape[0], rgb.shape[1]), input_size)
             self.timings = {"preprocess": preprocess_s, "encoder": time.perf_counter() - encode_start}
 
         return finish
@@ -210,53 +246,10 @@ class Predictor(PredictorBase):
         return result[self._encoder.output(ENCODER_OUTPUT)].copy()
 
     def _decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        has_mask = np.ones(1, np.float32) if mask_input is not None else np.zeros(1, np.float32)
-        if not self.static_shapes:
-            # An empty mask batch skips the mask branch of the graph; the flag says which prompt to use.
-            mask = mask_input if mask_input is not None else np.zeros((0, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
-            return self._infer(self._specialized(coords.shape, mask.shape[0]), embedding, coords, labels, mask, has_mask)
-        shape = self._interactive if coords.shape[0] == 1 else self._batched
-        if coords.shape[1] > shape.points:
-            raise ValueError(
-                f"{coords.shape[1]} prompt points (padding and box corners included) exceed the {shape.points} slots of the static decoder "
-                f"used on {self.device}; re-export with more --point-slots"
-            )
-        mask = mask_input if mask_input is not None else np.zeros((1, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
-        if mask.shape[0] != 1:
-            raise ValueError(f"the static decoders used on {self.device} take one mask_input for all prompts, got {mask.shape[0]}")
-        pad = shape.points - coords.shape[1]
-        coords = np.pad(coords, ((0, 0), (0, pad), (0, 0)))
-        labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=LABEL_EMPTY)
-        outputs = []
-        for start in range(0, coords.shape[0], shape.batch):
-            chunk_coords, chunk_labels = coords[start : start + shape.batch], labels[start : start + shape.batch]
-            n = chunk_coords.shape[0]
-            if n < shape.batch:  # fill the fixed batch with empty prompts and drop their outputs
-                chunk_coords = np.pad(chunk_coords, ((0, shape.batch - n), (0, 0), (0, 0)))
-                chunk_labels = np.pad(chunk_labels, ((0, shape.batch - n), (0, 0)), constant_values=LABEL_EMPTY)
-            low, iou = self._infer(shape, embedding, chunk_coords, chunk_labels, mask, has_mask)
-            outputs.append((low[:n], iou[:n]))
-        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+        return self._decoders.plain(embedding, coords, labels, mask_input)
 
-    def _specialized(self, coords_shape: tuple[int, ...], masks: int) -> tuple[int, int, int] | None:
-        """Key of a decoder compiled for exactly these shapes (CPU runs static shapes ~10% faster).
+    def _image_state(self, embedding: np.ndarray) -> ImageState | None:
+        return self._decoders.image_state(embedding) if self._decoders.has_split else None
 
-        Up to ``MAX_SPECIALIZED`` shapes are compiled on first use (a few hundred ms each, cached in
-        CACHE_DIR across runs); rarer shapes run on the dynamic decoder.
-        """
-        key = (coords_shape[0], coords_shape[1], masks)
-        if key not in self._decoders and len(self._decoders) <= self.MAX_SPECIALIZED:
-            model = self._dynamic_decoder.clone()
-            b, n, m = key
-            model.reshape({"point_coords": [b, n, 2], "point_labels": [b, n], "mask_input": [m, 1, LOW_RES_SIZE, LOW_RES_SIZE]})
-            self._decoders[key] = compile_model(self._core, model, self.device, self._config)
-            self._requests[key] = self._decoders[key].create_infer_request()
-        return key if key in self._decoders else None
-
-    def _infer(self, key: VariantShape | None, embedding, coords, labels, mask, has_mask) -> tuple[np.ndarray, np.ndarray]:
-        compiled = self._decoders[key]
-        inputs = {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels, "mask_input": mask, "has_mask_input": has_mask}
-        # share_inputs: the 4 MB embedding is read in place instead of being copied on every click
-        result = self._requests[key].infer({k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()}, share_inputs=True)
-        low_name, iou_name = DECODER_OUTPUTS
-        return result[compiled.output(low_name)].copy(), result[compiled.output(iou_name)].copy()
+    def _decode_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, with_masks: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        return self._decoders.prompt(state, coords, labels, with_masks)

@@ -1,5 +1,6 @@
 """PyTorch modules of the SAM family, named after the official state_dict keys."""
 
+from .cached_decoder import CachedMaskDecoder
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -7,4 +8,4 @@ from .sam import Sam
 from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
 
-__all__ = ["ImageEncoderViT", "MaskDecoder", "PromptEncoder", "Sam", "TinyViT", "TwoWayTransformer"]
+__all__ = ["CachedMaskDecoder", "ImageEncoderViT", "MaskDecoder", "PromptEncoder", "Sam", "TinyViT", "TwoWayTransformer"]

@@ -80,7 +80,7 @@ class MaskDecoder(nn.Module):
         return masks, self.iou_prediction_head(iou_token_out), hs
 
     @staticmethod
-    def _as_linear(up: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    def as_linear(up: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight (4 * out, in) and bias of a 2x2 stride-2 ConvTranspose2d seen as a per-pixel linear map."""
         weight = up.weight.permute(2, 3, 1, 0).reshape(-1, up.weight.shape[0])  # rows ordered (a, b, out)
         return weight, up.bias.repeat(4)
@@ -92,11 +92,14 @@ class MaskDecoder(nn.Module):
         linear map C -> (2, 2, C') per token. Both upscaling steps therefore run as matmuls in token
         layout, and only the final (B, 4, 4h, 4w) logits are rearranged into an image.
         """
-        up1, norm, act1, up2, act2 = self.output_upscaling
-        b, hw, _ = src.shape
-        y = F.linear(src, *self._as_linear(up1)).reshape(b, hw, 4, -1)  # (B, hw, 2x2 block, C/4)
-        y = act1(norm.forward_channels_last(y))
-        z = act2(F.linear(y, *self._as_linear(up2)))  # (B, hw, 2x2 block, 2x2 block * C/8)
+        return self.masks_from_upscaled(F.linear(src, *self.as_linear(self.output_upscaling[0])), hyper_in, h, w)
+
+    def masks_from_upscaled(self, y: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The rest of ``_predict_masks`` after the first transposed convolution: (B, hw, 4 * C/4) -> (B, 4, 4h, 4w)."""
+        _, norm, act1, up2, act2 = self.output_upscaling
+        b, hw, _ = y.shape
+        y = act1(norm.forward_channels_last(y.reshape(b, hw, 4, -1)))  # (B, hw, 2x2 block, C/4)
+        z = act2(F.linear(y, *self.as_linear(up2)))  # (B, hw, 2x2 block, 2x2 block * C/8)
         masks = z.reshape(b, hw * 16, -1) @ hyper_in.transpose(1, 2)  # (B, hw * 16, tokens)
         # index order (i, j, a, b, a2, b2): pixel row 4i + 2a + a2, column 4j + 2b + b2
         masks = masks.reshape(b, h, w, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)

@@ -1,0 +1,158 @@
+"""The decoder IRs of a model dir, compiled: the plain decoder, its static variants, and the split decoder.
+
+The split decoder (``decoder_image`` + ``decoder_prompt``) computes the prompt-independent part once
+per image and then decodes prompts for a fraction of the plain decoder's work; its IoU-only form is
+the same graph cut after the IoU head. CPU compiles each decoder for the exact prompt shapes it sees
+(static shapes run faster); GPU/NPU take the static IRs, which keep the plain graph.
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+import openvino as ov
+
+from .devices import compile_model
+from .errors import ModelDirError
+from .manifest import DECODER_OUTPUTS, Manifest, VariantShape
+from .prompts import LABEL_EMPTY, LOW_RES_SIZE
+
+SPLIT_ROLES = ("decoder_image", "decoder_prompt")
+DECODER_OUTPUTS_LOGITS, DECODER_OUTPUTS_IOU = DECODER_OUTPUTS
+ImageState = tuple[int, list[ov.Tensor]]  # (generation, per-image tensors)
+
+
+class DecoderGraphs:
+    """Compiled decoders and their inference requests for one device and config.
+
+    ``read(role)`` returns the ``ov.Model`` of a manifest role. With ``bf16`` the split decoder's
+    per-image tensors stay in bf16 between the two graphs (no per-prompt conversion).
+    """
+
+    #: How many exact (graph, batch, points, masks) shapes are compiled on first use; rarer shapes run dynamic.
+    MAX_SPECIALIZED = 12
+
+    def __init__(self, core: ov.Core, read: Callable[[str], ov.Model], manifest: Manifest, device: str, config: dict, static: bool, bf16: bool) -> None:
+        self._core, self._device, self._config, self.static = core, device, config, static
+        self._compiled: dict[object, ov.CompiledModel] = {}
+        self._requests: dict[object, ov.InferRequest] = {}
+        self._bound: dict[object, int] = {}  # request key -> generation of the image state bound to it
+        self._generation = 0
+        self._graphs: dict[str, ov.Model] = {}
+        self._image: ov.InferRequest | None = None
+        if static:
+            for role in ("decoder_static", "decoder_static_batch"):
+                if role not in manifest.files:
+                    raise ModelDirError(f"model dir has no {role} IR, which {device} needs; re-export the model")
+                self._add(manifest.static_shapes[role], compile_model(core, read(role), device, config))
+            self._interactive, self._batched = (manifest.static_shapes[r] for r in ("decoder_static", "decoder_static_batch"))
+            return
+        self._graphs["plain"] = read("decoder")
+        self._add(("plain", None), compile_model(core, self._graphs["plain"], device, config))
+        self.specialized("plain", 1, 2, 0)  # one click (point + padding point): ready before the first click
+        if all(role in manifest.files for role in SPLIT_ROLES):
+            image, prompt = read("decoder_image"), read("decoder_prompt")
+            if bf16:
+                image, prompt = _state_in_bf16(image, prompt)
+            self._image = compile_model(core, image, device, config).create_infer_request()
+            self._graphs["prompt"] = prompt
+            self._graphs["scores"] = ov.Model([prompt.output(DECODER_OUTPUTS_IOU)], prompt.get_parameters(), "decoder_scores")
+
+    @property
+    def has_split(self) -> bool:
+        """Whether the split (per-image state) decoder is available."""
+        return self._image is not None
+
+    def _add(self, key: object, compiled: ov.CompiledModel) -> None:
+        self._compiled[key] = compiled
+        self._requests[key] = compiled.create_infer_request()
+
+    def specialized(self, graph: str, batch: int, points: int, masks: int = 0) -> object:
+        """Key of ``graph`` compiled for exactly this shape (up to ``MAX_SPECIALIZED``), else of its dynamic form."""
+        key = (graph, batch, points, masks)
+        if key not in self._compiled and len(self._compiled) <= self.MAX_SPECIALIZED:
+            model = self._graphs[graph].clone()
+            shapes = {"point_coords": [batch, points, 2], "point_labels": [batch, points]}
+            if graph == "plain":
+                shapes["mask_input"] = [masks, 1, LOW_RES_SIZE, LOW_RES_SIZE]
+            model.reshape(shapes)
+            self._add(key, compile_model(self._core, model, self._device, self._config))
+        if key in self._compiled:
+            return key
+        if (graph, None) not in self._compiled:
+            self._add((graph, None), compile_model(self._core, self._graphs[graph], self._device, self._config))
+        return graph, None
+
+    def image_state(self, embedding: np.ndarray) -> ImageState:
+        """The split decoder's per-image tensors for a (1, 256, 64, 64) embedding.
+
+        They live in this object's request and are overwritten by the next call.
+        """
+        self._image.infer({0: embedding}, share_inputs=True)
+        self._generation += 1
+        return self._generation, [self._image.get_output_tensor(i) for i in range(len(self._image.model_outputs))]
+
+    def prompt(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, with_masks: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """Split-decoder outputs for (B, N, 2) coords / (B, N) labels: (logits or None, IoU (B, 4))."""
+        key = self.specialized("prompt" if with_masks else "scores", coords.shape[0], coords.shape[1])
+        request = self._requests[key]
+        generation, tensors = state
+        if self._bound.get(key) != generation:
+            for i, tensor in enumerate(tensors):
+                request.set_input_tensor(i, tensor)
+            self._bound[key] = generation
+        n = len(tensors)
+        request.infer({n: np.ascontiguousarray(coords, np.float32), n + 1: np.ascontiguousarray(labels, np.float32)}, share_inputs=True)
+        iou = request.get_tensor(DECODER_OUTPUTS_IOU).data.copy()
+        return (request.get_tensor(DECODER_OUTPUTS_LOGITS).data.copy() if with_masks else None), iou
+
+    def plain(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The plain decoder: all 4 tokens' logits (B, 4, 256, 256) and IoU (B, 4)."""
+        has_mask = np.ones(1, np.float32) if mask_input is not None else np.zeros(1, np.float32)
+        if not self.static:
+            # An empty mask batch skips the mask branch of the graph; the flag says which prompt to use.
+            mask = mask_input if mask_input is not None else np.zeros((0, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
+            key = self.specialized("plain", coords.shape[0], coords.shape[1], mask.shape[0])
+            return self._infer(key, embedding, coords, labels, mask, has_mask)
+        return self._static(embedding, coords, labels, mask_input, has_mask)
+
+    def _static(self, embedding, coords, labels, mask_input, has_mask) -> tuple[np.ndarray, np.ndarray]:
+        shape = self._interactive if coords.shape[0] == 1 else self._batched
+        if coords.shape[1] > shape.points:
+            raise ValueError(
+                f"{coords.shape[1]} prompt points (padding and box corners included) exceed the {shape.points} slots of the static decoder "
+                f"used on {self._device}; re-export with more --point-slots"
+            )
+        mask = mask_input if mask_input is not None else np.zeros((1, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
+        if mask.shape[0] != 1:
+            raise ValueError(f"the static decoders used on {self._device} take one mask_input for all prompts, got {mask.shape[0]}")
+        pad = shape.points - coords.shape[1]
+        coords = np.pad(coords, ((0, 0), (0, pad), (0, 0)))
+        labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=LABEL_EMPTY)
+        outputs = []
+        for start in range(0, coords.shape[0], shape.batch):
+            chunk_coords, chunk_labels = coords[start : start + shape.batch], labels[start : start + shape.batch]
+            n = chunk_coords.shape[0]
+            if n < shape.batch:  # fill the fixed batch with empty prompts and drop their outputs
+                chunk_coords = np.pad(chunk_coords, ((0, shape.batch - n), (0, 0), (0, 0)))
+                chunk_labels = np.pad(chunk_labels, ((0, shape.batch - n), (0, 0)), constant_values=LABEL_EMPTY)
+            low, iou = self._infer(shape, embedding, chunk_coords, chunk_labels, mask, has_mask)
+            outputs.append((low[:n], iou[:n]))
+        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+
+    def _infer(self, key: VariantShape | tuple, embedding, coords, labels, mask, has_mask) -> tuple[np.ndarray, np.ndarray]:
+        inputs = {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels, "mask_input": mask, "has_mask_input": has_mask}
+        # share_inputs: the 4 MB embedding is read in place instead of being copied on every click
+        request = self._requests[key]
+        request.infer({k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()}, share_inputs=True)
+        return request.get_tensor(DECODER_OUTPUTS_LOGITS).data.copy(), request.get_tensor(DECODER_OUTPUTS_IOU).data.copy()
+
+
+def _state_in_bf16(image: ov.Model, prompt: ov.Model) -> tuple[ov.Model, ov.Model]:
+    """Let the per-image tensors leave the image graph and enter the prompt graph as bf16."""
+    out = ov.preprocess.PrePostProcessor(image)
+    for i in range(len(image.outputs)):
+        out.output(i).tensor().set_element_type(ov.Type.bf16)
+    into = ov.preprocess.PrePostProcessor(prompt)
+    for i in range(len(image.outputs)):
+        into.input(i).tensor().set_element_type(ov.Type.bf16)
+    return out.build(), into.build()
