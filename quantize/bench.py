@@ -158,6 +158,22 @@ def full_bench(model_dir: str | Path, int8_dir: str | Path | None, checkpoint: s
     return {**_environment(device), "benchmark_app": apps, "pipeline": pipeline_bench(variants, rounds, log=log)}
 
 
+def decoder_report(model_dirs: dict[str, Path], checkpoint: str | Path, image: np.ndarray, rounds: int = 5, device: str = "CPU", log=print) -> dict:
+    """``decoder_bench`` over torch eager and every OpenVINO variant (f32, bf16), with the MAC counts."""
+    from .decoder_bench import decoder_bench, decoder_macs, load_official_decoder
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    sam = build_sam("vit_t", checkpoint=checkpoint)
+    official = load_official_decoder(sam)
+    if official is None:
+        log("segment-anything is not installed: no official decoder to compare with (pip install 'tinysam-edge[bench]')")
+    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(sam)}
+    for label, folder in model_dirs.items():
+        variants.update(_openvino_variants(folder, device, ("f32", "bf16"), label))
+    report = decoder_bench(variants, official, image, rounds=rounds, log=log)
+    return {**_environment(device), **report, "image_hw": list(image.shape[:2]), "macs": decoder_macs(sam, official)}
+
+
 def format_tables(report: dict) -> str:
     """Markdown tables of a ``quick_bench`` / ``full_bench`` report."""
     pipe = report["pipeline"]

