@@ -59,6 +59,21 @@ def compare_predictors(
     return {"objects": "annotations" if coco is not None else "reference-model masks", "images": len(images) - len(skipped), "skipped_images": skipped, "summary": summarize(rows), "prompts": rows}
 
 
+def everything_agreement(reference: PredictorBase, candidate: PredictorBase, image: np.ndarray, min_iou: float = 0.9, **options) -> dict:
+    """How many of the reference's hierarchical everything-mode masks the candidate reproduces (mask IoU >= ``min_iou``).
+
+    ``options`` go to both ``HierarchicalMaskGenerator``s. Each reference mask is matched to its best
+    candidate mask; the report counts matches and both mask counts.
+    """
+    from tinysam_edge import HierarchicalMaskGenerator
+
+    ref = [r["segmentation"] for r in HierarchicalMaskGenerator(reference, **options).generate(image)]
+    cand = [r["segmentation"] for r in HierarchicalMaskGenerator(candidate, **options).generate(image)]
+    best = [max((mask_iou(r, c) for c in cand), default=0.0) for r in ref]
+    matched = int(sum(b >= min_iou for b in best))
+    return {"reference_masks": len(ref), "candidate_masks": len(cand), "matched": matched, "matched_fraction": matched / len(ref) if ref else 1.0, "min_iou": min_iou}
+
+
 def summarize(rows: list[dict]) -> dict:
     """Mean and 5th-percentile IoU and mean absolute score error per prompt kind."""
     summary = {}
@@ -80,4 +95,7 @@ def format_summary(report: dict) -> str:
     ]
     for kind, s in report["summary"].items():
         lines.append(f"| {kind} | {s['prompts']} | {s['mean_iou']:.4f} | {s['p5_iou']:.4f} | {s['mean_abs_score_error']:.4f} |")
+    if "everything" in report:
+        e = report["everything"]
+        lines += ["", f"everything mode: {e['matched']} of {e['reference_masks']} reference masks matched at IoU >= {e['min_iou']} ({e['matched_fraction']:.1%}); candidate has {e['candidate_masks']}"]
     return "\n".join(lines)

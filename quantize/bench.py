@@ -5,6 +5,7 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,32 +91,44 @@ def pipeline_bench(variants: dict[str, PredictorBase], rounds: int = 10, clicks:
     point = np.array([[512.0, 384.0]])
     for p in variants.values():  # warm-up: first inferences allocate and compile kernels
         _time_variant(p, image, point, 2)
-    names = list(variants)
+    report = interleaved_rounds(list(variants), lambda name: _time_variant(variants[name], image, point, clicks), rounds, log)
+    results = report["results"]
+    base = next(iter(results.values()))
+    for result in results.values():
+        result.update({f"{k}_speedup": base[k] / result[k] for k in ("encoder_ms", "decoder_ms", "click_ms", "end_to_end_ms")})
+    return {**report, "baseline": next(iter(variants))}
+
+
+def interleaved_rounds(names: list[str], run: Callable[[str], dict[str, float]], rounds: int, log=print) -> dict:
+    """Run every variant once per round, rotating the order, and take medians over the clean rounds.
+
+    A round is clean when other processes used under 0.25 cores during it; when none is, all rounds
+    count and the report says ``contended``.
+    """
     samples: dict[str, list[dict]] = {name: [] for name in names}
     loads = []
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         with ForeignLoad() as load:
-            round_results = {name: _time_variant(variants[name], image, point, clicks) for name in order}
+            round_results = {name: run(name) for name in order}
         loads.append(load.cores)
         for name, result in round_results.items():
             samples[name].append(result)
         log(f"round {r + 1}/{rounds}: foreign load {load.cores:.2f} cores")
     clean = [i for i, c in enumerate(loads) if c < 0.25]
     kept = clean or list(range(rounds))
-    keys = list(samples[names[0]][0])
-    results = {name: {k: statistics.median(s[i][k] for i in kept) for k in keys} for name, s in samples.items()}
-    base = results[names[0]]
-    for result in results.values():
-        result.update({f"{k}_speedup": base[k] / result[k] for k in ("encoder_ms", "decoder_ms", "click_ms", "end_to_end_ms")})
-    return {"rounds": rounds, "clean_rounds": len(clean), "contended": not clean, "foreign_load_cores": loads, "baseline": names[0], "results": results}
+    results = {name: {k: statistics.median(s[i][k] for i in kept) for k in s[0]} for name, s in samples.items()}
+    return {"rounds": rounds, "clean_rounds": len(clean), "contended": not clean, "foreign_load_cores": loads, "results": results}
 
 
-def _openvino_variants(model_dir: str | Path, device: str, precisions: tuple[str, ...], label: str) -> dict[str, Predictor]:
+def _openvino_variants(model_dir: str | Path, device: str, precisions: tuple[str, ...], label: str, plain_too: bool = False) -> dict[str, Predictor]:
+    """One predictor per precision; with ``plain_too`` also one without the split decoder (the baseline)."""
     variants = {}
     for precision in precisions:
-        p = Predictor(model_dir, device=device, precision=precision)
-        variants[f"openvino {label} {p.precision_used} ({p.device_used})"] = p
+        for split in (False, True) if plain_too else (True,):
+            p = Predictor(model_dir, device=device, precision=precision, split_decoder=split)
+            decoder = "" if not plain_too else (", split decoder" if split else ", plain decoder")
+            variants[f"openvino {label} {p.precision_used} ({p.device_used}{decoder})"] = p
     return variants
 
 
@@ -169,7 +182,7 @@ def decoder_report(model_dirs: dict[str, Path], checkpoint: str | Path, image: n
         log("segment-anything is not installed: no official decoder to compare with (pip install 'tinysam-edge[bench]')")
     variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(sam)}
     for label, folder in model_dirs.items():
-        variants.update(_openvino_variants(folder, device, ("f32", "bf16"), label))
+        variants.update(_openvino_variants(folder, device, ("f32", "bf16"), label, plain_too=True))
     report = decoder_bench(variants, official, image, rounds=rounds, log=log)
     return {**_environment(device), **report, "image_hw": list(image.shape[:2]), "macs": decoder_macs(sam, official)}
 
@@ -243,7 +256,7 @@ def everything_bench(
     grid_options = {k: v for k, v in options.items() if k != "high_score_thresh"}
     variants = {}
     for label, folder in model_dirs.items():
-        variants.update(_openvino_variants(folder, device, precisions, label))
+        variants.update(_openvino_variants(folder, device, precisions, label, plain_too=True))
     runs: dict[tuple[str, str], list[dict]] = {}
     for r in range(rounds):
         for name, predictor in variants.items():
@@ -252,8 +265,12 @@ def everything_bench(
                 masks = generator.generate(image)
                 total = time.perf_counter() - start
                 stats = generator.stats
-                prompts = sum(stats[s]["prompts"] for s in ("grid", "stage1", "stage2") if s in stats)
-                runs.setdefault((name, mode), []).append({"total_s": total, **{f"{k}_s": v for k, v in stats["seconds"].items()}, "prompts": prompts, "masks": len(masks)})
+                counts = {k: sum(stats[s][k] for s in ("grid", "stage1", "stage2") if s in stats) for k in ("prompts", "prompts_with_masks", "masks_upscaled")}
+                per_prompt = {"decoder_ms_per_prompt": 1000 * stats["seconds"]["decoder"] / max(1, counts["prompts"])}
+                runs.setdefault((name, mode), []).append(
+                    {"total_s": total, **{f"{k}_s": v for k, v in stats["seconds"].items()}, **counts, **per_prompt, "masks": len(masks)}
+                )
+                prompts = counts["prompts"]
                 log(f"round {r + 1}/{rounds}: {name} {mode}: {total:.1f} s, {prompts} prompts, {len(masks)} masks")
     results = {}
     for (name, mode), samples in runs.items():
@@ -269,15 +286,17 @@ def format_everything(report: dict) -> str:
     lines = [
         f"everything mode on a {w}x{h} image, {report['cpu']}, {report['cores']} cores; options {report['options']}; medians of {report['rounds']} rounds",
         "",
-        "| variant | mode | total s | encoder s | decoder s | upscale + filters s | NMS + output s | prompts | masks | grid / hierarchical |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | mode | total s | encoder s | decoder s | decoder ms / prompt | upscale + filters s | NMS + output s | prompts"
+        " | prompts with masks | masks upscaled | masks | grid / hierarchical |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, modes in report["results"].items():
         for mode in ("hierarchical", "grid"):
             r = modes[mode]
             ratio = f"{modes['grid_over_hierarchical']:.2f}x" if mode == "hierarchical" else ""
             lines.append(
-                f"| {name} | {mode} | {r['total_s']:.2f} | {r['encoder_s']:.2f} | {r['decoder_s']:.2f} | {r['upscale_and_filter_s']:.2f}"
-                f" | {r['nms_and_output_s']:.2f} | {r['prompts']:.0f} | {r['masks']:.0f} | {ratio} |"
+                f"| {name} | {mode} | {r['total_s']:.2f} | {r['encoder_s']:.2f} | {r['decoder_s']:.2f} | {r['decoder_ms_per_prompt']:.1f}"
+                f" | {r['upscale_and_filter_s']:.2f} | {r['nms_and_output_s']:.2f} | {r['prompts']:.0f} | {r['prompts_with_masks']:.0f}"
+                f" | {r['masks_upscaled']:.0f} | {r['masks']:.0f} | {ratio} |"
             )
     return "\n".join(lines)

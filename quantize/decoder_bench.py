@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tinysam_edge.models.modeling import CachedMaskDecoder, Sam
 from tinysam_edge.predictor import PredictorBase
 
-from .bench import ForeignLoad
+from .bench import interleaved_rounds
 
 OfficialDecoder = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
@@ -107,32 +107,21 @@ def decoder_bench(
     """Decoder stage (prompt -> low-res logits + IoU, no upscaling) per variant, interleaved round by round.
 
     Each round sets the image on every variant (rotating the order) and clicks ``clicks`` points;
-    the official decoder decodes the same points on the first variant's embedding. Rounds in
-    which other processes used 0.25 cores or more are dropped unless none is that clean.
+    the official decoder decodes the same points on the first variant's embedding.
     """
     h, w = image.shape[:2]
     points = np.random.default_rng(0).uniform((0.1 * w, 0.1 * h), (0.9 * w, 0.9 * h), (max(clicks, 3), 2))
-    names = list(variants) + (["official SAM decoder, torch eager f32"] if official is not None else [])
-    samples: dict[str, list[dict]] = {name: [] for name in names}
-    loads = []
-    for r in range(rounds + 1):  # round 0 warms up (compiles shapes, allocates)
-        order = names[r % len(names) :] + names[: r % len(names)]
-        with ForeignLoad() as load:
-            results = {}
-            for name in order:
-                if name in variants:
-                    results[name] = _time_clicks(variants[name], image, points)
-                else:
-                    results[name] = _time_official(official, next(iter(variants.values())), points)
-        if r:
-            loads.append(load.cores)
-            for name, result in results.items():
-                samples[name].append(result)
-            log(f"decoder round {r}/{rounds}: foreign load {load.cores:.2f} cores")
-    clean = [i for i, c in enumerate(loads) if c < 0.25]
-    kept = clean or list(range(rounds))
-    out = {name: {k: statistics.median(s[i][k] for i in kept) for k in s[0]} for name, s in samples.items()}
-    return {"rounds": rounds, "clean_rounds": len(clean), "contended": not clean, "foreign_load_cores": loads, "clicks": len(points), "results": out}
+    official_name = "official SAM decoder, torch eager f32"
+
+    def run(name: str) -> dict[str, float]:
+        if name == official_name:
+            return _time_official(official, next(iter(variants.values())), points)
+        return _time_clicks(variants[name], image, points)
+
+    names = list(variants) + ([official_name] if official is not None else [])
+    for name in names:  # warm-up: compiles shapes, allocates
+        run(name)
+    return {**interleaved_rounds(names, run, rounds, log), "clicks": len(points)}
 
 
 def format_decoder(report: dict) -> str:
@@ -148,7 +137,7 @@ def format_decoder(report: dict) -> str:
     ]
     for name, r in results.items():
         ratio = f"{official['repeated_ms'] / r['repeated_ms']:.2f}" if official else "-"
-        second, state, upscale = (f"{r[k]:.1f}" if k in r else "-" for k in ("second_ms", "state_ms", "upscale_ms"))
+        second, state, upscale = (f"{r[k]:.1f}" if r.get(k, float("nan")) == r.get(k) else "-" for k in ("second_ms", "state_ms", "upscale_ms"))
         lines.append(f"| {name} | {r['first_ms']:.1f} | {second} | {state} | {r['repeated_ms']:.1f} | {ratio} | {upscale} |")
     lines += ["", "| MACs (matmuls and convolutions) | M |", "| --- | --- |"]
     lines += [f"| {name} | {macs / 1e6:.0f} |" for name, macs in report["macs"].items()]

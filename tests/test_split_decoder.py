@@ -88,9 +88,9 @@ def test_policy_first_click_plain_batches_split_reset_on_new_image(random_model_
     p = Predictor(random_model_dir)
     p.set_image(image)
     click = dict(point_coords=np.array([[100, 120]]), point_labels=np.array([1]))
-    _, scores, low = p.predict(**click)
+    _, _, low = p.predict(**click)
     assert p._state is None  # one click on a frame never pays for the state
-    _, scores2, low2 = p.predict(**click)
+    _, _, low2 = p.predict(**click)
     assert p._state is not None
     np.testing.assert_allclose(low2, low, rtol=0, atol=1e-3)
     p.set_image(image)
@@ -98,9 +98,29 @@ def test_policy_first_click_plain_batches_split_reset_on_new_image(random_model_
     points = rng.uniform(10, 290, (6, 1, 2))
     batch_low, batch_iou = p.decode_batch(points, np.ones((6, 1)))
     assert p._state is not None and batch_low.shape == (6, 3, 256, 256)
-    np.testing.assert_allclose(p.decode_batch_scores(points, np.ones((6, 1))), batch_iou, rtol=0, atol=1e-5)
     single = p.decode_batch_scores(points, np.ones((6, 1)), multimask_output=False)
     np.testing.assert_allclose(single[:, 0], batch_iou.max(axis=1), rtol=0, atol=1e-5)
+    scores = p.decode_batch_scores(points, np.ones((6, 1)))
+    np.testing.assert_allclose(scores, batch_iou, rtol=0, atol=1e-5)
+    rows = np.array([4, 1])
+    masks_low, masks_iou = p.decode_batch_masks(rows)  # finished from the scores pass, not decoded again
+    np.testing.assert_allclose(masks_low, batch_low[rows], rtol=0, atol=1e-3)
+    np.testing.assert_array_equal(masks_iou, scores[rows])
+    empty_low, _ = p.decode_batch_masks(np.array([], int))
+    assert empty_low.shape == (0, 3, 256, 256)
+    with pytest.raises(ValueError, match="rows"):
+        p.decode_batch_masks(np.array([6]))
+
+
+def test_torch_scores_then_masks(random_model):
+    p = TorchPredictor(random_model)
+    p.set_image(np.random.default_rng(6).integers(0, 256, (200, 260, 3), dtype=np.uint8))
+    points = np.random.default_rng(7).uniform(10, 190, (5, 1, 2))
+    low, iou = p.decode_batch(points, np.ones((5, 1)))
+    scores = p.decode_batch_scores(points, np.ones((5, 1)))
+    masks_low, _ = p.decode_batch_masks(np.array([0, 3]))
+    np.testing.assert_allclose(scores, iou, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(masks_low, low[[0, 3]], rtol=0, atol=1e-4)
 
 
 def test_static_devices_keep_the_plain_graph(random_model_dir):
@@ -146,3 +166,40 @@ def test_f32_then_bf16_share_a_cache_dir_without_crashing(parity_model_dir, tmp_
     for _ in range(2):  # the second run loads every blob from the cache
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_official_decoder_agrees_and_macs_drop(parity_dir, parity):
+    """segment-anything 1.0's own decoder with these weights gives the fixture's outputs; the split decoder does far fewer MACs."""
+    pytest.importorskip("segment_anything", reason="the [bench] extra installs segment-anything")
+    from tinysam_edge.quantize.decoder_bench import decoder_macs, load_official_decoder
+
+    sam = build_sam("vit_t", checkpoint=parity_dir / "weights.pt")
+    official = load_official_decoder(sam)
+    ref = parity[0]
+    coords = np.array([[[500.0, 300.0]]], np.float32)
+    low, iou = official(ref["image_embeddings"], coords, np.ones((1, 1), np.float32))
+    ours_low, ours_iou = sam.decode(torch.from_numpy(ref["image_embeddings"]), torch.tensor([[[500.0, 300.0], [0.0, 0.0]]]), torch.tensor([[1.0, -1.0]]))
+    np.testing.assert_allclose(low.numpy(), ours_low[:, 1:].detach().numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(iou.numpy(), ours_iou[:, 1:].detach().numpy(), rtol=0, atol=1e-5)
+    macs = decoder_macs(sam, official)
+    assert macs["split decoder, per prompt"] < 0.6 * macs["plain decoder, per prompt"] < 0.6 * macs["official SAM decoder, per prompt"]
+    assert macs["split decoder, per prompt, IoU only"] < 0.6 * macs["split decoder, per prompt"]
+
+
+def test_bench_decoder_report(random_model_dir, random_checkpoint, tmp_path):
+    image = tmp_path / "photo.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.random.default_rng(8).integers(0, 256, (150, 200, 3), dtype=np.uint8))
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "tinysam_edge", "bench", "--decoder", str(image), "--model-dir", str(random_model_dir)]
+    cmd += ["--checkpoint", str(random_checkpoint), "--rounds", "1", "--out-dir", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "decoder.json").read_text())
+    results = report["results"]
+    split = next(r for name, r in results.items() if "f32" in name and "split decoder" in name)
+    plain = next(r for name, r in results.items() if "f32" in name and "plain decoder" in name)
+    assert split["state_ms"] > 0 and plain["state_ms"] != plain["state_ms"]  # only the split decoder builds a state (NaN otherwise)
+    assert all(r["repeated_ms"] > 0 for r in results.values())
+    assert "| MACs (matmuls and convolutions) | M |" in (out / "decoder.md").read_text()

@@ -97,6 +97,21 @@ def test_postprocess_matches_torch_bilinear(h, w):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3)
 
 
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 3000), w=st.integers(1, 3000))
+@example(h=750, w=1000)
+@example(h=1500, w=2250)
+def test_postprocess_skips_the_padding_bit_exactly(h, w):
+    """Upscaling only the low-res rows/columns the crop reads gives the same pixels as upscaling all of them."""
+    import cv2
+
+    low = np.random.default_rng(h + 7 * w).normal(0, 3, (2, 256, 256)).astype(np.float32)
+    input_size = get_preprocess_shape(h, w)
+    full = [cv2.resize(m, (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_LINEAR)[: input_size[0], : input_size[1]] for m in low]
+    ref = np.stack([cv2.resize(np.ascontiguousarray(m), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w) for m in full])
+    np.testing.assert_array_equal(postprocess_masks(low, input_size, (h, w)), ref)
+
+
 def test_postprocess_places_regions():
     """A block of positive logits lands in the same relative place of a portrait image."""
     low = np.full((1, 256, 256), -10.0, dtype=np.float32)

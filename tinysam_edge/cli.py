@@ -250,9 +250,13 @@ def _bench_everything(args: argparse.Namespace, bench, model_dir: Path) -> int:
     options = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh, "high_score_thresh": args.high_score_thresh}
     options["points_per_batch"] = args.points_per_batch
     report = bench.everything_bench(dirs, image, rounds=args.rounds, device=args.device, generator_options=options, log=_log)
-    table = bench.format_everything(report)
+    return _write_report(outputs, report, bench.format_everything(report))
+
+
+def _write_report(outputs: list[Path], report: dict, table: str) -> int:
+    """Print a benchmark's table and write it (.md) with the report (.json)."""
     print(table)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
     outputs[0].write_text(json.dumps(report, indent=2) + "\n")
     outputs[1].write_text(table + "\n")
     print(f"results -> {', '.join(map(str, outputs))}")
@@ -268,13 +272,7 @@ def _bench_decoder(args: argparse.Namespace, bench, model_dir: Path) -> int:
     image = load_image(args.decoder)
     dirs = {"fp32-IR": model_dir} | ({"int8-IR": args.int8_dir} if args.int8_dir is not None else {})
     report = bench.decoder_report(dirs, args.checkpoint, image, rounds=args.rounds, device=args.device, log=_log)
-    table = decoder_bench.format_decoder(report)
-    print(table)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    outputs[0].write_text(json.dumps(report, indent=2) + "\n")
-    outputs[1].write_text(table + "\n")
-    print(f"results -> {', '.join(map(str, outputs))}")
-    return 0
+    return _write_report(outputs, report, decoder_bench.format_decoder(report))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -299,7 +297,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Best-mask IoU and score error of a candidate model dir against a reference, points and boxes apart."""
     from .predictor import Predictor
-    from .quantize.accuracy import compare_predictors, format_summary
+    from .quantize.accuracy import compare_predictors, everything_agreement, format_summary
     from .quantize.sampling import list_images
 
     _check_output(args.out, args.overwrite, [], (".json",))
@@ -307,8 +305,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.annotations is not None and not args.annotations.is_file():
         raise TinySamError(f"annotations not found: {args.annotations}")
     reference = Predictor(args.reference, device=args.device, precision=args.precision)
-    candidate = Predictor(args.candidate, device=args.device, precision=args.precision)
+    candidate = Predictor(args.candidate, device=args.device, precision=args.candidate_precision or args.precision)
     report = compare_predictors(reference, candidate, images, args.annotations, objects_per_image=args.objects_per_image)
+    if args.everything is not None:
+        options = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh, "high_score_thresh": args.high_score_thresh}
+        report["everything"] = everything_agreement(reference, candidate, load_image(args.everything), box_nms_thresh=args.box_nms_thresh, **options)
     report.update(reference=str(args.reference), candidate=str(args.candidate), device=candidate.device_used, precision=candidate.precision_used)
     print(format_summary(report))
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -595,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--limit", type=int, help="use only the first N images")
     p_cmp.add_argument("--device", default="CPU", help="OpenVINO device (default: %(default)s)")
     p_cmp.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (default: f32 on CPU/GPU)")
+    p_cmp.add_argument("--candidate-precision", choices=["f32", "bf16", "f16"], help="the candidate's precision, e.g. bf16 against f32 (default: --precision)")
+    p_cmp.add_argument("--everything", type=Path, metavar="IMAGE", help="also: share of the reference's everything-mode masks the candidate matches")
+    p_cmp.add_argument("--pred-iou-thresh", type=float, default=0.88, help="everything: (default: %(default)s)")
+    p_cmp.add_argument("--stability-score-thresh", type=float, default=0.95, help="everything: (default: %(default)s)")
+    p_cmp.add_argument("--high-score-thresh", type=float, default=8.5, help="everything: (default: %(default)s)")
+    p_cmp.add_argument("--box-nms-thresh", type=float, default=0.7, help="everything: (default: %(default)s)")
     p_cmp.add_argument("--out", type=Path, default=Path("compare.json"), help="JSON report (default: %(default)s)")
     p_cmp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p_cmp.set_defaults(func=cmd_compare)

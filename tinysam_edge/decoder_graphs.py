@@ -13,10 +13,10 @@ import openvino as ov
 
 from .devices import compile_model
 from .errors import ModelDirError
-from .manifest import DECODER_OUTPUTS, Manifest, VariantShape
+from .manifest import DECODER_OUTPUTS, SCORE_PARTS, Manifest, VariantShape
 from .prompts import LABEL_EMPTY, LOW_RES_SIZE
 
-SPLIT_ROLES = ("decoder_image", "decoder_prompt")
+SPLIT_ROLES = ("decoder_image", "decoder_prompt", "decoder_masks")
 DECODER_OUTPUTS_LOGITS, DECODER_OUTPUTS_IOU = DECODER_OUTPUTS
 ImageState = tuple[int, list[ov.Tensor]]  # (generation, per-image tensors)
 
@@ -24,14 +24,16 @@ ImageState = tuple[int, list[ov.Tensor]]  # (generation, per-image tensors)
 class DecoderGraphs:
     """Compiled decoders and their inference requests for one device and config.
 
-    ``read(role)`` returns the ``ov.Model`` of a manifest role. With ``bf16`` the split decoder's
-    per-image tensors stay in bf16 between the two graphs (no per-prompt conversion).
+    ``read(role)`` returns the ``ov.Model`` of a manifest role. ``split=False`` leaves the split decoder
+    out. With ``bf16`` its per-image tensors stay in bf16 between the graphs (no per-prompt conversion).
     """
 
     #: How many exact (graph, batch, points, masks) shapes are compiled on first use; rarer shapes run dynamic.
     MAX_SPECIALIZED = 12
 
-    def __init__(self, core: ov.Core, read: Callable[[str], ov.Model], manifest: Manifest, device: str, config: dict, static: bool, bf16: bool) -> None:
+    def __init__(
+        self, core: ov.Core, read: Callable[[str], ov.Model], manifest: Manifest, device: str, config: dict, static: bool, bf16: bool, split: bool = True
+    ) -> None:
         self._core, self._device, self._config, self.static = core, device, config, static
         self._compiled: dict[object, ov.CompiledModel] = {}
         self._requests: dict[object, ov.InferRequest] = {}
@@ -49,13 +51,16 @@ class DecoderGraphs:
         self._graphs["plain"] = read("decoder")
         self._add(("plain", None), compile_model(core, self._graphs["plain"], device, config))
         self.specialized("plain", 1, 2, 0)  # one click (point + padding point): ready before the first click
-        if all(role in manifest.files for role in SPLIT_ROLES):
-            image, prompt = read("decoder_image"), read("decoder_prompt")
+        if split and all(role in manifest.files for role in SPLIT_ROLES):
+            image, prompt, masks = (read(role) for role in SPLIT_ROLES)
             if bf16:
-                image, prompt = _state_in_bf16(image, prompt)
+                image, prompt, masks = _state_in_bf16(image, prompt, masks)
             self._image = compile_model(core, image, device, config).create_infer_request()
-            self._graphs["prompt"] = prompt
-            self._graphs["scores"] = ov.Model([prompt.output(DECODER_OUTPUTS_IOU)], prompt.get_parameters(), "decoder_scores")
+            outputs = {port.get_any_name(): port for port in prompt.outputs}
+            self._graphs["prompt"] = ov.Model([outputs[n] for n in DECODER_OUTPUTS], prompt.get_parameters(), "decoder_prompt")
+            self._graphs["scores"] = ov.Model([outputs[n] for n in (DECODER_OUTPUTS_IOU, *SCORE_PARTS)], prompt.get_parameters(), "decoder_scores")
+            self._masks = compile_model(core, masks, device, config).create_infer_request()
+            self._s2_up = next(i for i, port in enumerate(image.outputs) if "s2_up" in port.get_names())
 
     @property
     def has_split(self) -> bool:
@@ -76,8 +81,10 @@ class DecoderGraphs:
                 shapes["mask_input"] = [masks, 1, LOW_RES_SIZE, LOW_RES_SIZE]
             model.reshape(shapes)
             self._add(key, compile_model(self._core, model, self._device, self._config))
-        if key in self._compiled:
-            return key
+        return key if key in self._compiled else self.dynamic(graph)
+
+    def dynamic(self, graph: str) -> tuple[str, None]:
+        """Key of ``graph`` compiled with dynamic prompt shapes (compiled on first use)."""
         if (graph, None) not in self._compiled:
             self._add((graph, None), compile_model(self._core, self._graphs[graph], self._device, self._config))
         return graph, None
@@ -91,19 +98,39 @@ class DecoderGraphs:
         self._generation += 1
         return self._generation, [self._image.get_output_tensor(i) for i in range(len(self._image.model_outputs))]
 
-    def prompt(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, with_masks: bool) -> tuple[np.ndarray | None, np.ndarray]:
-        """Split-decoder outputs for (B, N, 2) coords / (B, N) labels: (logits or None, IoU (B, 4))."""
-        key = self.specialized("prompt" if with_masks else "scores", coords.shape[0], coords.shape[1])
+    def prompt(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Split-decoder outputs for (B, N, 2) coords / (B, N) labels: logits (B, 4, 256, 256), IoU (B, 4)."""
+        request = self._bind(state, self.specialized("prompt", coords.shape[0], coords.shape[1]))
+        return self._run(request, state, coords, labels, DECODER_OUTPUTS)
+
+    def scores(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """IoU (B, 4) without the mask branch, and the parts (``SCORE_PARTS``) that ``masks`` finishes prompts from."""
+        request = self._bind(state, self.specialized("scores", coords.shape[0], coords.shape[1]))
+        iou, *parts = self._run(request, state, coords, labels, (DECODER_OUTPUTS_IOU, *SCORE_PARTS), copy=False)
+        # the parts (2 MB a prompt) stay in the request's buffers until its next call; ``masks`` copies the rows it takes
+        return iou.copy(), parts
+
+    def masks(self, state: ImageState, parts: list[np.ndarray]) -> np.ndarray:
+        """Low-res logits (R, 4, 256, 256) of R prompts from their ``scores`` parts (any R: dynamic shapes)."""
+        _, tensors = state
+        self._masks.set_input_tensor(0, tensors[self._s2_up])
+        self._masks.infer({i + 1: np.ascontiguousarray(p) for i, p in enumerate(parts)}, share_inputs=True)
+        return self._masks.get_output_tensor(0).data.copy()
+
+    def _bind(self, state: ImageState, key: object) -> ov.InferRequest:
         request = self._requests[key]
         generation, tensors = state
         if self._bound.get(key) != generation:
             for i, tensor in enumerate(tensors):
                 request.set_input_tensor(i, tensor)
             self._bound[key] = generation
-        n = len(tensors)
+        return request
+
+    @staticmethod
+    def _run(request: ov.InferRequest, state: ImageState, coords, labels, outputs, copy: bool = True) -> list[np.ndarray]:
+        n = len(state[1])
         request.infer({n: np.ascontiguousarray(coords, np.float32), n + 1: np.ascontiguousarray(labels, np.float32)}, share_inputs=True)
-        iou = request.get_tensor(DECODER_OUTPUTS_IOU).data.copy()
-        return (request.get_tensor(DECODER_OUTPUTS_LOGITS).data.copy() if with_masks else None), iou
+        return [request.get_tensor(name).data.copy() if copy else request.get_tensor(name).data for name in outputs]
 
     def plain(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The plain decoder: all 4 tokens' logits (B, 4, 256, 256) and IoU (B, 4)."""
@@ -147,12 +174,13 @@ class DecoderGraphs:
         return request.get_tensor(DECODER_OUTPUTS_LOGITS).data.copy(), request.get_tensor(DECODER_OUTPUTS_IOU).data.copy()
 
 
-def _state_in_bf16(image: ov.Model, prompt: ov.Model) -> tuple[ov.Model, ov.Model]:
-    """Let the per-image tensors leave the image graph and enter the prompt graph as bf16."""
+def _state_in_bf16(image: ov.Model, prompt: ov.Model, masks: ov.Model) -> tuple[ov.Model, ov.Model, ov.Model]:
+    """Let the per-image tensors leave the image graph and enter the other two as bf16 (no conversion per prompt)."""
     out = ov.preprocess.PrePostProcessor(image)
-    for i in range(len(image.outputs)):
-        out.output(i).tensor().set_element_type(ov.Type.bf16)
     into = ov.preprocess.PrePostProcessor(prompt)
     for i in range(len(image.outputs)):
+        out.output(i).tensor().set_element_type(ov.Type.bf16)
         into.input(i).tensor().set_element_type(ov.Type.bf16)
-    return out.build(), into.build()
+    into_masks = ov.preprocess.PrePostProcessor(masks)
+    into_masks.input(0).tensor().set_element_type(ov.Type.bf16)
+    return out.build(), into.build(), into_masks.build()

@@ -219,10 +219,8 @@ class MaskGenerator:
             return iou, low_res, batch
         scores = self.predictor.decode_batch_scores(coords, labels, multimask_output=True)
         passing = np.flatnonzero((scores > self.pred_iou_thresh).any(axis=1))
-        if passing.size == 0:
-            return scores[:0], np.zeros((0, 3, 1, 1), np.float32), batch[:0]
-        low_res, _ = self.predictor.decode_batch(coords[passing], labels[passing], multimask_output=True)
-        return scores[passing], low_res, batch[passing]  # the filters use the scores pass, so a rerun's rounding cannot flip them
+        low_res, _ = self.predictor.decode_batch_masks(passing, multimask_output=True)
+        return scores[passing], low_res, batch[passing]
 
     def _filter_upscaled(self, records, coverage, high_score_thresh, low_res, iou, keep, points) -> None:
         """Upscale the IoU-passing masks in memory-bounded chunks and add those that pass stability."""
@@ -240,8 +238,8 @@ class MaskGenerator:
 
     def _stability(self, logits: np.ndarray) -> np.ndarray:
         """IoU between the masks thresholded at +offset and -offset (SAM's stability score)."""
-        inter = (logits > MASK_THRESHOLD + self.stability_score_offset).sum(axis=(1, 2), dtype=np.int64)
-        union = (logits > MASK_THRESHOLD - self.stability_score_offset).sum(axis=(1, 2), dtype=np.int64)
+        inter = np.count_nonzero(logits > MASK_THRESHOLD + self.stability_score_offset, axis=(1, 2))
+        union = np.count_nonzero(logits > MASK_THRESHOLD - self.stability_score_offset, axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
             return inter / union
 

@@ -3,7 +3,6 @@
 import cv2
 import numpy as np
 
-from .transforms import IMG_SIZE
 
 #: How the single-mask output is chosen: TinySAM takes the best predicted IoU among tokens 1..3
 #: (its token 0 was never trained); upstream SAM / MobileSAM use token 0.
@@ -37,12 +36,15 @@ def postprocess_masks(low_res_logits: np.ndarray, input_size: tuple[int, int], o
     """Upscale (C, 256, 256) logits to the original (C, H, W): bilinear to 1024, crop the padding, bilinear to H x W.
 
     OpenCV's INTER_LINEAR uses the same half-pixel sampling as torch's bilinear with
-    align_corners=False, so this matches SAM's ``postprocess_masks`` up to float rounding.
+    align_corners=False, so this matches SAM's ``postprocess_masks`` up to float rounding. The first
+    step upscales only the low-res rows and columns the crop reads (plus one for the interpolation):
+    the scale stays exactly 4, so the kept pixels are bit-identical and the padding is never computed.
     """
     h, w = original_size
+    rows, cols = (min(low_res_logits.shape[axis], size // 4 + 2) for axis, size in ((1, input_size[0]), (2, input_size[1])))
     out = np.empty((low_res_logits.shape[0], h, w), dtype=np.float32)
     for i, logits in enumerate(low_res_logits.astype(np.float32, copy=False)):
-        up = cv2.resize(logits, (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_LINEAR)
+        up = cv2.resize(np.ascontiguousarray(logits[:rows, :cols]), (4 * cols, 4 * rows), interpolation=cv2.INTER_LINEAR)
         crop = np.ascontiguousarray(up[: input_size[0], : input_size[1]])
         out[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w)
     return out

@@ -1,5 +1,6 @@
 """SamPredictor-style predictors: the shared contract, and the OpenVINO runtime that implements it."""
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from .errors import ModelDirError
 from .image import to_rgb_uint8
 from .manifest import ENCODER_INPUT, ENCODER_OUTPUT, Manifest
 from .masks import MASK_THRESHOLD, postprocess_masks, select_masks, select_tokens
-from .prompts import check_batch_prompts, check_prompts, encode_prompts
+from .prompts import LOW_RES_SIZE, check_batch_prompts, check_prompts, encode_prompts
 from .transforms import preprocess
 
 
@@ -48,8 +49,16 @@ class PredictorBase(ABC):
         """The per-image part of the decoder for (1, 256, 64, 64) ``embedding``; None where the backend has none."""
         return None
 
-    def _decode_cached(self, state: object, coords: np.ndarray, labels: np.ndarray, with_masks: bool) -> tuple[np.ndarray | None, np.ndarray]:
-        """``_decode`` without mask_input from an ``_image_state``; logits are None when ``with_masks`` is False."""
+    def _decode_cached(self, state: object, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_decode`` without mask_input, from an ``_image_state``."""
+        raise NotImplementedError
+
+    def _score_cached(self, state: object, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, object]:
+        """IoU predictions (B, 4) without masks, and the parts ``_masks_cached`` finishes any subset of the prompts from."""
+        raise NotImplementedError
+
+    def _masks_cached(self, state: object, parts: object, rows: np.ndarray) -> np.ndarray:
+        """All 4 tokens' low-res logits (R, 4, 256, 256) of prompts ``rows`` of a ``_score_cached`` call."""
         raise NotImplementedError
 
     def reset_image(self) -> None:
@@ -61,6 +70,7 @@ class PredictorBase(ABC):
         self.original_size = original_size
         self.input_size = input_size
         self._state: object | None = None
+        self._scored: tuple | None = None
         self._prompts_on_image = 0
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -141,31 +151,53 @@ class PredictorBase(ABC):
     ) -> np.ndarray:
         """The scores (B, C) that ``decode_batch`` would return, without computing any mask.
 
-        Where the backend has the split decoder this skips the mask branch (about 40% of a
-        prompt), so callers that filter on predicted IoU decode masks only for the survivors.
+        Where the backend has the split decoder this skips the mask branch (about half of a
+        prompt); ``decode_batch_masks`` then finishes only the prompts a caller keeps.
         """
         coords, labels = self._batch_inputs(point_coords, point_labels, boxes)
-        _, iou = self._decode_prompts(coords, labels, None, batch=True, with_masks=False)
+        if self._split_state() is None:
+            low_res, iou = self._decode(self.features, coords, labels, None)
+            parts = None
+        else:
+            low_res, (iou, parts) = None, self._score_cached(self._state, coords, labels)
+        self._scored = (iou, parts, low_res)
         return np.take_along_axis(iou, select_tokens(iou, multimask_output, self.flavour), axis=1)
+
+    def decode_batch_masks(self, rows: np.ndarray, multimask_output: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Low-res logits (R, C, 256, 256) and scores (R, C) of prompts ``rows`` of the last ``decode_batch_scores`` call."""
+        if getattr(self, "_scored", None) is None:
+            raise RuntimeError("call decode_batch_scores(...) on this image before decode_batch_masks")
+        iou, parts, low_res = self._scored
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(iou)):
+            raise ValueError(f"rows must index the {len(iou)} prompts of the last decode_batch_scores call, got {rows.min()}..{rows.max()}")
+        if rows.size == 0:  # nothing to finish: never hand OpenVINO an empty batch
+            low_res = np.zeros((0, iou.shape[1], LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
+        elif parts is None:
+            low_res = low_res[rows]
+        else:
+            low_res = self._masks_cached(self._state, parts, rows)
+        return select_masks(low_res, iou[rows], multimask_output, self.flavour)
 
     def _batch_inputs(self, point_coords, point_labels, boxes) -> tuple[np.ndarray, np.ndarray]:
         self._require_image()
         prompts = check_batch_prompts(point_coords, point_labels, boxes, self.original_size)
         return encode_prompts(prompts, self.original_size)
 
-    def _decode_prompts(
-        self, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, batch: bool, with_masks: bool = True
-    ) -> tuple[np.ndarray | None, np.ndarray]:
+    def _split_state(self) -> object | None:
+        """The current image's split-decoder state, computed on first use; None where the backend has none."""
+        if self._state is None:
+            start = time.perf_counter()
+            self._state = self._image_state(self.features)
+            if self._state is not None:
+                self.timings["decoder_state"] = time.perf_counter() - start
+        return self._state
+
+    def _decode_prompts(self, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, batch: bool) -> tuple[np.ndarray, np.ndarray]:
         """Decode on the current image: the split decoder for batches and repeated prompts, else ``_decode``."""
         self._prompts_on_image += 1
-        if mask is None and (batch or self._prompts_on_image > 1 or self._state is not None):
-            if self._state is None:
-                start = time.perf_counter()
-                self._state = self._image_state(self.features)
-                if self._state is not None:
-                    self.timings["decoder_state"] = time.perf_counter() - start
-            if self._state is not None:
-                return self._decode_cached(self._state, coords, labels, with_masks)
+        if mask is None and (batch or self._prompts_on_image > 1) and self._split_state() is not None:
+            return self._decode_cached(self._state, coords, labels)
         return self._decode(self.features, coords, labels, mask)
 
     def upscale(self, low_res_logits: np.ndarray) -> np.ndarray:
@@ -180,7 +212,9 @@ class Predictor(PredictorBase):
     ``device``: CPU, GPU, NPU or AUTO (``GPU.1`` etc. work too). ``precision``: inference precision
     hint (f32 / bf16 / f16); ``None`` pins f32 on CPU and GPU, so results never silently drop to
     bf16/f16. CPU uses the dynamic decoder; GPU, NPU and AUTO use the static-shape ones, which pad
-    prompts to fixed slots (override with ``static_shapes``). ``device_used`` and ``precision_used``
+    prompts to fixed slots (override with ``static_shapes``) and keep the plain decoder graph; on CPU
+    repeated prompts and batches take the split decoder (``split_decoder=False`` turns it off, for
+    comparisons). ``device_used`` and ``precision_used``
     report what OpenVINO actually runs. Compiled blobs are cached in ``cache_dir`` (default: the
     weights cache's ``ov-cache``).
     """
@@ -194,6 +228,7 @@ class Predictor(PredictorBase):
         num_threads: int | None = None,
         performance_hint: str = "LATENCY",
         static_shapes: bool | None = None,
+        split_decoder: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
@@ -205,7 +240,8 @@ class Predictor(PredictorBase):
         self._encoder = compile_model(core, self._read(core, "encoder"), device, config)
         self.device_used, self.precision_used = describe(self._encoder)
         bf16 = self.precision_used == "bf16"
-        self._decoders = DecoderGraphs(core, lambda role: self._read(core, role), self.manifest, device, config, self.static_shapes, bf16)
+        read = functools.partial(self._read, core)
+        self._decoders = DecoderGraphs(core, read, self.manifest, device, config, self.static_shapes, bf16, split_decoder)
         self._encoder_request = self._encoder.create_infer_request()
         self._encoder_queue: ov.AsyncInferQueue | None = None
         super().__init__(self.manifest.flavour)
@@ -251,5 +287,11 @@ class Predictor(PredictorBase):
     def _image_state(self, embedding: np.ndarray) -> ImageState | None:
         return self._decoders.image_state(embedding) if self._decoders.has_split else None
 
-    def _decode_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, with_masks: bool) -> tuple[np.ndarray | None, np.ndarray]:
-        return self._decoders.prompt(state, coords, labels, with_masks)
+    def _decode_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._decoders.prompt(state, coords, labels)
+
+    def _score_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._decoders.scores(state, coords, labels)
+
+    def _masks_cached(self, state: ImageState, parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+        return self._decoders.masks(state, [p[rows] for p in parts])

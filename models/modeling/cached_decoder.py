@@ -98,6 +98,19 @@ class CachedMaskDecoder(nn.Module):
         Returns all 4 tokens' low-res logits (B, 4, 256, 256) and IoU predictions (B, 4); with
         ``with_masks=False`` the logits are an empty (B, 0) tensor and the mask branch is skipped.
         """
+        iou, parts = self.scores(state, point_coords, point_labels)
+        if not with_masks:
+            return iou.new_zeros(iou.shape[0], 0), iou
+        return self.masks(state[STATE_NAMES.index("s2_up")], *parts), iou
+
+    def scores(
+        self, state: tuple[torch.Tensor, ...], point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """IoU predictions (B, 4) and what ``masks`` needs to finish the same prompts later.
+
+        The parts are the final image tokens in low-rank form, scale (B, 1, n), R^T (B, k, n) and
+        W (B, k, C), and the hypernetwork outputs (B, 4, C/8): a fraction of the transformer's work.
+        """
         st = dict(zip(STATE_NAMES, state))
         dec, pe_enc = self.mask_decoder, self.prompt_encoder
         b1, b2 = dec.transformer.layers
@@ -134,11 +147,8 @@ class CachedMaskDecoder(nn.Module):
         bias_v = F.linear(b2.norm4.bias, final.v_proj.weight, final.v_proj.bias)
         qf = _tokens_to_image(final, q2 + tokens, st["s2_kf"], st["s2_vf"], scale2, st["pe_kf"], bias_v, low2)
         qf = dec.transformer.norm_final_attn(q2 + qf)
-        iou = dec.iou_prediction_head(qf[:, 0])
-        if not with_masks:
-            return iou.new_zeros(b, 0), iou
         hyper_in = torch.stack([mlp(qf[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
-        return self._masks(st["s2_up"], scale2, low2, hyper_in), iou
+        return dec.iou_prediction_head(qf[:, 0]), (scale2, *low2, hyper_in)
 
     def _second_norm(self, st: dict, a1: torch.Tensor, low1: LowRank, p2: torch.Tensor, vp1, u1, vp2, u2) -> tuple[torch.Tensor, LowRank]:
         """Block 2's last LayerNorm of X2 = a1 * s1 + R2 W2, R2 = [a1 p1, p2, 1], W2 = [u1c g1, u2, be1 + bo2].
@@ -159,13 +169,14 @@ class CachedMaskDecoder(nn.Module):
         a2 = torch.rsqrt(var2 + b2.norm4.eps)
         return a1 * a2, (a2 * r2, w2c * b2.norm4.weight)
 
-    def _masks(self, s2_up: torch.Tensor, scale: torch.Tensor, low: LowRank, hyper_in: torch.Tensor) -> torch.Tensor:
-        """Low-res logits (B, 4, 4h, 4w): the upscaling's first transposed convolution is a per-token
-        linear map, so it splits like a projection; the rest runs as in ``MaskDecoder``.
+    def masks(self, s2_up: torch.Tensor, scale: torch.Tensor, r: torch.Tensor, w: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        """Low-res logits (B, 4, 4h, 4w) from the parts ``scores`` returned and the state's ``s2_up``.
+
+        The upscaling's first transposed convolution is a per-token linear map, so it splits like a
+        projection; the rest runs as in ``MaskDecoder``.
         """
         dec = self.mask_decoder
         up1_weight, up1_bias = MaskDecoder.as_linear(dec.output_upscaling[0])
-        r, w = low
         const = F.linear(dec.transformer.layers[1].norm4.bias, up1_weight, up1_bias)
         y = scale.transpose(1, 2) * s2_up + r.transpose(1, 2) @ F.linear(w, up1_weight) + const  # (B, n, 4 * C/4)
         h, w_ = self.prompt_encoder.image_embedding_size
