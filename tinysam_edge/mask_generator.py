@@ -205,7 +205,7 @@ class MaskGenerator:
             keep = np.flatnonzero(iou > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou))
             counts["passed_pred_iou"] += len(keep)
             counts["masks_upscaled"] += len(keep)
-            self._filter_upscaled(records, coverage, high_score_thresh, low_res.reshape(-1, *low_res.shape[2:]), iou, keep, np.repeat(batch_points, 3, axis=0))
+            self._filter_upscaled(records, coverage, high_score_thresh, low_res, iou, keep, np.repeat(batch_points, 3, axis=0))
             seconds["upscale_and_filter"] += time.perf_counter() - start
         counts["kept"] = len(records)
         self.stats[stage] = counts
@@ -223,12 +223,14 @@ class MaskGenerator:
         return scores[passing], low_res, batch[passing]
 
     def _filter_upscaled(self, records, coverage, high_score_thresh, low_res, iou, keep, points) -> None:
-        """Upscale the IoU-passing masks in memory-bounded chunks and add those that pass stability."""
+        """Upscale the IoU-passing masks (``keep`` indexes prompt-major tokens of ``low_res`` (P, 3, 256, 256))
+        in memory-bounded chunks and add those that pass stability."""
         h, w = records.shape
         chunk = max(1, UPSCALE_BUDGET_PIXELS // (h * w))
+        tokens = low_res.shape[1]
         for first in range(0, len(keep), chunk):
             idx = keep[first : first + chunk]
-            logits = self.predictor.upscale(low_res[idx])
+            logits = self.predictor.upscale(low_res[idx // tokens, idx % tokens])
             stability = self._stability(logits)
             passed = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(idx), bool)
             for j in np.flatnonzero(passed):

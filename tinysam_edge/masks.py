@@ -29,6 +29,8 @@ def select_tokens(iou_predictions: np.ndarray, multimask_output: bool, flavour: 
 def select_masks(low_res_logits: np.ndarray, iou_predictions: np.ndarray, multimask_output: bool, flavour: str) -> tuple[np.ndarray, np.ndarray]:
     """Pick outputs from all 4 decoder tokens (see ``select_tokens``): (B, 4, h, w), (B, 4) -> (B, K, h, w), (B, K)."""
     tokens = select_tokens(iou_predictions, multimask_output, flavour)
+    if multimask_output:  # tokens 1..3 for every prompt: a slice, not a gather (the logits are 0.8 MB a prompt)
+        return low_res_logits[:, 1:], iou_predictions[:, 1:]
     return np.take_along_axis(low_res_logits, tokens[:, :, None, None], axis=1), np.take_along_axis(iou_predictions, tokens, axis=1)
 
 

@@ -294,4 +294,5 @@ class Predictor(PredictorBase):
         return self._decoders.scores(state, coords, labels)
 
     def _masks_cached(self, state: ImageState, parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
-        return self._decoders.masks(state, [p[rows] for p in parts])
+        every = rows.size == len(parts[0]) and np.array_equal(rows, np.arange(rows.size))
+        return self._decoders.masks(state, parts if every else [p[rows] for p in parts])

@@ -35,7 +35,6 @@ STATE_NAMES = (
 )  # fmt: skip
 
 LowRank = tuple[torch.Tensor, torch.Tensor]  # (R^T (B, k, n), W (B, k, C)): the tensor R W, never formed
-_PAD = 15  # zero rows that round block 2's rank 2 * heads * T + 1 up to a multiple of 16
 
 
 class CachedMaskDecoder(nn.Module):
@@ -50,8 +49,6 @@ class CachedMaskDecoder(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.num_heads = mask_decoder.transformer.layers[0].cross_attn_image_to_token.num_heads
-        if (2 * self.num_heads) % (_PAD + 1):
-            raise ValueError(f"the cached decoder needs 2 * heads to be a multiple of {_PAD + 1}, got {self.num_heads} heads")
         self.register_buffer("dense_pe", prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
 
     def image_state(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -151,20 +148,22 @@ class CachedMaskDecoder(nn.Module):
         return dec.iou_prediction_head(qf[:, 0]), (scale2, *low2, hyper_in)
 
     def _second_norm(self, st: dict, a1: torch.Tensor, low1: LowRank, p2: torch.Tensor, vp1, u1, vp2, u2) -> tuple[torch.Tensor, LowRank]:
-        """Block 2's last LayerNorm of X2 = a1 * s1 + R2 W2, R2 = [a1 p1, p2, 1], W2 = [u1c g1, u2, be1 + bo2].
+        """Block 2's last LayerNorm of X2 = a1 * s1 + R2 W2, R2 = [a1 p1, p2], W2 = [u1c g1, u2 (+ be1 + bo2)].
 
-        Returns (scale (B, 1, n), low rank) with keys2 = scale * s2 + R W + be2. R2 gets zero rows up
-        to a multiple of 16 (2 * heads * T is one already), the shape the matmul kernels (AMX) want.
+        The constant be1 + bo2 needs no row of its own: head 0's weights p2[0, t] sum to one over t,
+        so it is added to head 0's rows of u2. That keeps the rank at 2 * heads * T, a multiple of 16
+        (the shape the AMX / brgemm matmul kernels want). Returns (scale (B, 1, n), low rank) with
+        keys2 = scale * s2 + R W + be2.
         """
         b1, b2 = self.mask_decoder.transformer.layers
-        b, c = u1.shape[0], u1.shape[-1]
-        const = (b1.norm4.bias + b2.cross_attn_image_to_token.out_proj.bias).expand(b, 1, -1)
-        zeros_r, zeros_w = a1.new_zeros(b, _PAD, a1.shape[-1]), u1.new_zeros(b, _PAD, c)
-        r2 = torch.cat([low1[0], p2, torch.ones_like(a1), zeros_r], dim=1)
-        w2c = torch.cat([_centred(torch.cat([low1[1], u2, const], dim=1)), zeros_w], dim=1)
+        c, t = u1.shape[-1], u2.shape[1] // self.num_heads
+        const = b1.norm4.bias + b2.cross_attn_image_to_token.out_proj.bias
+        r2 = torch.cat([low1[0], p2], dim=1)
+        w2c = _centred(torch.cat([low1[1], u2[:, :t] + const, u2[:, t:]], dim=1))
         # s1c . rows of W2 (s1c rows sum to zero, so centring W2 changes nothing here)
         cross_u1 = (vp1 @ st["s1cg_wo1"]).flatten(1, 2) - u1.mean(-1, keepdim=True) * st["s1cg_sum"]
-        cross2 = torch.cat([cross_u1, (vp2 @ st["s1c_wo2"]).flatten(1, 2), st["s1c_c2"].expand(b, 1, -1), zeros_r], dim=1)
+        cross_u2 = (vp2 @ st["s1c_wo2"]).flatten(1, 2)
+        cross2 = torch.cat([cross_u1, cross_u2[:, :t] + st["s1c_c2"], cross_u2[:, t:]], dim=1)
         var2 = a1.square() * st["s1c_sq"] + (2 / c) * a1 * _sum_k(r2 * cross2) + _quadratic(r2, w2c) / c
         a2 = torch.rsqrt(var2 + b2.norm4.eps)
         return a1 * a2, (a2 * r2, w2c * b2.norm4.weight)
