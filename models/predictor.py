@@ -6,7 +6,6 @@ import torch
 from tinysam_edge.predictor import PredictorBase
 
 from .modeling import CachedMaskDecoder, Sam
-from .modeling.cached_decoder import STATE_NAMES
 
 
 class TorchPredictor(PredictorBase):
@@ -36,16 +35,11 @@ class TorchPredictor(PredictorBase):
         return self._cached.image_state(torch.from_numpy(embedding).to(self.device))
 
     @torch.inference_mode()
-    def _decode_cached(self, state, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_cached(self, state, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True) -> tuple[np.ndarray, np.ndarray]:
         low_res, iou = self._cached(state, torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
         return low_res.cpu().numpy(), iou.cpu().numpy()
 
     @torch.inference_mode()
-    def _score_cached(self, state, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
-        iou, parts = self._cached.scores(state, torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
-        return iou.cpu().numpy(), parts
-
-    @torch.inference_mode()
-    def _masks_cached(self, state, parts: tuple[torch.Tensor, ...], rows: np.ndarray) -> np.ndarray:
-        index = torch.from_numpy(rows).to(self.device)
-        return self._cached.masks(state[STATE_NAMES.index("s2_up")], *(p[index] for p in parts)).cpu().numpy()
+    def _score_cached(self, state, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        _, iou = self._cached(state, torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device), with_masks=False)
+        return iou.cpu().numpy()

@@ -14,7 +14,7 @@ from torch import nn
 
 from tinysam_edge import __version__
 from tinysam_edge.errors import ModelDirError, TinySamError
-from tinysam_edge.manifest import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, PROMPT_POINT_INPUTS, SCORE_PARTS, Manifest, VariantShape
+from tinysam_edge.manifest import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, PROMPT_POINT_INPUTS, Manifest, VariantShape
 from tinysam_edge.models import build_sam
 from tinysam_edge.models.modeling import CachedMaskDecoder, Sam
 from tinysam_edge.models.modeling.cached_decoder import STATE_NAMES
@@ -73,21 +73,9 @@ class PromptDecoderForExport(nn.Module):
         super().__init__()
         self.cached = cached
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         *state, point_coords, point_labels = inputs
-        iou, parts = self.cached.scores(tuple(state), point_coords, point_labels)
-        return self.cached.masks(state[STATE_NAMES.index("s2_up")], *parts), iou, *parts
-
-
-class MasksForExport(nn.Module):
-    """The state's ``s2_up`` + the parts of ``CachedMaskDecoder.scores`` -> low-res logits (B, 4, 256, 256)."""
-
-    def __init__(self, cached: CachedMaskDecoder) -> None:
-        super().__init__()
-        self.cached = cached
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.cached.masks(*inputs)
+        return self.cached(tuple(state), point_coords, point_labels)
 
 
 def _name_ports(model: ov.Model, inputs: list[str], outputs: list[str]) -> ov.Model:
@@ -121,8 +109,8 @@ def convert_decoder(sam: Sam) -> ov.Model:
     return _name_ports(model, list(DECODER_INPUTS), list(DECODER_OUTPUTS))
 
 
-def convert_cached_decoder(sam: Sam) -> tuple[ov.Model, ov.Model, ov.Model]:
-    """The decoder split for repeated prompts: per-image state, per-prompt (dynamic B, N) and masks-from-parts graphs."""
+def convert_cached_decoder(sam: Sam) -> tuple[ov.Model, ov.Model]:
+    """The decoder split for repeated prompts: per-image state graph and per-prompt graph (dynamic B, N)."""
     cached = CachedMaskDecoder(sam.prompt_encoder, sam.mask_decoder).eval()
     embedding = torch.zeros(1, 256, 64, 64)
     with torch.no_grad():
@@ -131,14 +119,9 @@ def convert_cached_decoder(sam: Sam) -> tuple[ov.Model, ov.Model, ov.Model]:
         example = (*state, torch.zeros(1, 2, 2), torch.tensor([[1.0, -1.0]]))
         shapes = [ov.PartialShape(list(t.shape)) for t in state] + [ov.PartialShape([-1, -1, 2]), ov.PartialShape([-1, -1])]
         prompt_model = ov.convert_model(PromptDecoderForExport(cached), example_input=example, input=shapes)
-        s2_up = state[STATE_NAMES.index("s2_up")]
-        _, parts = cached.scores(state, *example[-2:])
-        shapes = [ov.PartialShape(list(s2_up.shape))] + [ov.PartialShape([-1, *(-1 if i == 1 else d for i, d in enumerate(p.shape[1:], 1))]) for p in parts]
-        masks_model = ov.convert_model(MasksForExport(cached), example_input=(s2_up, *parts), input=shapes)
     return (
         _name_ports(image_model, ["image_embeddings"], list(STATE_NAMES)),
-        _name_ports(prompt_model, [*STATE_NAMES, *PROMPT_POINT_INPUTS], [*DECODER_OUTPUTS, *SCORE_PARTS]),
-        _name_ports(masks_model, ["s2_up", *SCORE_PARTS], [next(iter(DECODER_OUTPUTS))]),
+        _name_ports(prompt_model, [*STATE_NAMES, *PROMPT_POINT_INPUTS], list(DECODER_OUTPUTS)),
     )
 
 
@@ -168,14 +151,13 @@ def export_ir(
     log(f"converted encoder in {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
     decoder = convert_decoder(sam)
-    decoder_image, decoder_prompt, decoder_masks = convert_cached_decoder(sam)
+    decoder_image, decoder_prompt = convert_cached_decoder(sam)
     log(f"converted decoders in {time.perf_counter() - start:.1f} s")
     models = {
         "encoder": (encoder, None),
         "decoder": (decoder, None),
         "decoder_image": (decoder_image, None),
         "decoder_prompt": (decoder_prompt, None),
-        "decoder_masks": (decoder_masks, None),
         "decoder_static": (static_decoder(decoder, 1, point_slots), VariantShape(1, point_slots)),
         "decoder_static_batch": (static_decoder(decoder, static_batch, point_slots), VariantShape(static_batch, point_slots)),
     }

@@ -221,3 +221,23 @@ def test_everything_cli(random_model_dir, tmp_path):
     assert records and all(_decode(r["segmentation"]).shape == (80, 100) for r in records)
     assert cv2.imread(str(out / "overlay.png")).shape == (80, 100, 3)
     assert "stage1:" in result.stdout and "seconds:" in result.stdout
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_iou_first_and_whole_batches_keep_the_same_masks(parity_model_dir, parity_dir, monkeypatch, share):
+    """Whichever way a batch is decoded (scores then survivors, or whole), the kept masks are the same."""
+    predictor = Predictor(parity_model_dir)
+    image = load_image(parity_dir / "image.png")[::4, ::4]
+    options = dict(points_per_side=8, points_per_batch=16, stability_score_thresh=0, box_nms_thresh=1.0)
+    reference = MaskGenerator(predictor, pred_iou_thresh=0, **options).generate(image)
+    threshold = float(np.quantile([r["predicted_iou"] for r in reference], 0.75))  # a quarter of the masks survive
+    expected = [r for r in reference if r["predicted_iou"] > threshold]
+    monkeypatch.setattr("tinysam_edge.mask_generator.IOU_FIRST_MAX_SHARE", share)
+    generator = MaskGenerator(predictor, pred_iou_thresh=threshold, **options)
+    got = generator.generate(image)
+    with_masks = generator.stats["grid"]["prompts_with_masks"]
+    assert with_masks < 64 if share == 1.0 else with_masks > 48  # all IoU first, or whole batches after the first
+    assert threshold > 0 and len(got) == len(expected) > 10
+    for g, e in zip(sorted(got, key=lambda r: r["point_coords"]), sorted(expected, key=lambda r: r["point_coords"])):
+        assert g["point_coords"] == e["point_coords"] and abs(g["predicted_iou"] - e["predicted_iou"]) < 1e-4
+        assert _iou(g["segmentation"], e["segmentation"]) > 0.999

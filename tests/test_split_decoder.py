@@ -103,9 +103,11 @@ def test_policy_first_click_plain_batches_split_reset_on_new_image(random_model_
     scores = p.decode_batch_scores(points, np.ones((6, 1)))
     np.testing.assert_allclose(scores, batch_iou, rtol=0, atol=1e-5)
     rows = np.array([4, 1])
-    masks_low, masks_iou = p.decode_batch_masks(rows)  # finished from the scores pass, not decoded again
+    masks_low, masks_iou = p.decode_batch_masks(rows)
     np.testing.assert_allclose(masks_low, batch_low[rows], rtol=0, atol=1e-3)
-    np.testing.assert_array_equal(masks_iou, scores[rows])
+    np.testing.assert_array_equal(masks_iou, scores[rows])  # the scores pass decides, not the rerun
+    one_low, _ = p.decode_batch_masks(np.array([2]))
+    np.testing.assert_allclose(one_low, batch_low[[2]], rtol=0, atol=1e-3)
     empty_low, _ = p.decode_batch_masks(np.array([], int))
     assert empty_low.shape == (0, 3, 256, 256)
     with pytest.raises(ValueError, match="rows"):

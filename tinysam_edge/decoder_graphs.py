@@ -13,10 +13,10 @@ import openvino as ov
 
 from .devices import compile_model
 from .errors import ModelDirError
-from .manifest import DECODER_OUTPUTS, SCORE_PARTS, Manifest, VariantShape
+from .manifest import DECODER_OUTPUTS, Manifest, VariantShape
 from .prompts import LABEL_EMPTY, LOW_RES_SIZE
 
-SPLIT_ROLES = ("decoder_image", "decoder_prompt", "decoder_masks")
+SPLIT_ROLES = ("decoder_image", "decoder_prompt")
 DECODER_OUTPUTS_LOGITS, DECODER_OUTPUTS_IOU = DECODER_OUTPUTS
 ImageState = tuple[int, list[ov.Tensor]]  # (generation, per-image tensors)
 
@@ -52,15 +52,12 @@ class DecoderGraphs:
         self._add(("plain", None), compile_model(core, self._graphs["plain"], device, config))
         self.specialized("plain", 1, 2, 0)  # one click (point + padding point): ready before the first click
         if split and all(role in manifest.files for role in SPLIT_ROLES):
-            image, prompt, masks = (read(role) for role in SPLIT_ROLES)
+            image, prompt = (read(role) for role in SPLIT_ROLES)
             if bf16:
-                image, prompt, masks = _state_in_bf16(image, prompt, masks)
+                image, prompt = _state_in_bf16(image, prompt)
             self._image = compile_model(core, image, device, config).create_infer_request()
-            outputs = {port.get_any_name(): port for port in prompt.outputs}
-            self._graphs["prompt"] = ov.Model([outputs[n] for n in DECODER_OUTPUTS], prompt.get_parameters(), "decoder_prompt")
-            self._graphs["scores"] = ov.Model([outputs[n] for n in (DECODER_OUTPUTS_IOU, *SCORE_PARTS)], prompt.get_parameters(), "decoder_scores")
-            self._masks = compile_model(core, masks, device, config).create_infer_request()
-            self._s2_up = next(i for i, port in enumerate(image.outputs) if "s2_up" in port.get_names())
+            self._graphs["prompt"] = prompt
+            self._graphs["scores"] = ov.Model([prompt.output(DECODER_OUTPUTS_IOU)], prompt.get_parameters(), "decoder_scores")
 
     @property
     def has_split(self) -> bool:
@@ -98,24 +95,19 @@ class DecoderGraphs:
         self._generation += 1
         return self._generation, [self._image.get_output_tensor(i) for i in range(len(self._image.model_outputs))]
 
-    def prompt(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Split-decoder outputs for (B, N, 2) coords / (B, N) labels: logits (B, 4, 256, 256), IoU (B, 4)."""
-        request = self._bind(state, self.specialized("prompt", coords.shape[0], coords.shape[1]))
-        return self._run(request, state, coords, labels, DECODER_OUTPUTS)
+    def prompt(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Split-decoder outputs for (B, N, 2) coords / (B, N) labels: logits (B, 4, 256, 256), IoU (B, 4).
 
-    def scores(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """IoU (B, 4) without the mask branch, and the parts (``SCORE_PARTS``) that ``masks`` finishes prompts from."""
+        ``exact_shape=False`` runs the dynamic graph: for batches whose size changes every call (the
+        survivors of an IoU filter), where compiling each size (about 0.5 s) would cost more.
+        """
+        graph_key = self.specialized("prompt", coords.shape[0], coords.shape[1]) if exact_shape else self.dynamic("prompt")
+        return self._run(self._bind(state, graph_key), state, coords, labels, DECODER_OUTPUTS)
+
+    def scores(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """IoU predictions (B, 4) only: the split decoder cut after the IoU head (no mask branch)."""
         request = self._bind(state, self.specialized("scores", coords.shape[0], coords.shape[1]))
-        iou, *parts = self._run(request, state, coords, labels, (DECODER_OUTPUTS_IOU, *SCORE_PARTS), copy=False)
-        # the parts (2 MB a prompt) stay in the request's buffers until its next call; ``masks`` copies the rows it takes
-        return iou.copy(), parts
-
-    def masks(self, state: ImageState, parts: list[np.ndarray]) -> np.ndarray:
-        """Low-res logits (R, 4, 256, 256) of R prompts from their ``scores`` parts (any R: dynamic shapes)."""
-        _, tensors = state
-        self._masks.set_input_tensor(0, tensors[self._s2_up])
-        self._masks.infer({i + 1: np.ascontiguousarray(p) for i, p in enumerate(parts)}, share_inputs=True)
-        return self._masks.get_output_tensor(0).data.copy()
+        return self._run(request, state, coords, labels, (DECODER_OUTPUTS_IOU,))[0]
 
     def _bind(self, state: ImageState, key: object) -> ov.InferRequest:
         request = self._requests[key]
@@ -127,10 +119,10 @@ class DecoderGraphs:
         return request
 
     @staticmethod
-    def _run(request: ov.InferRequest, state: ImageState, coords, labels, outputs, copy: bool = True) -> list[np.ndarray]:
+    def _run(request: ov.InferRequest, state: ImageState, coords, labels, outputs) -> list[np.ndarray]:
         n = len(state[1])
         request.infer({n: np.ascontiguousarray(coords, np.float32), n + 1: np.ascontiguousarray(labels, np.float32)}, share_inputs=True)
-        return [request.get_tensor(name).data.copy() if copy else request.get_tensor(name).data for name in outputs]
+        return [request.get_tensor(name).data.copy() for name in outputs]
 
     def plain(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The plain decoder: all 4 tokens' logits (B, 4, 256, 256) and IoU (B, 4)."""
@@ -174,13 +166,11 @@ class DecoderGraphs:
         return request.get_tensor(DECODER_OUTPUTS_LOGITS).data.copy(), request.get_tensor(DECODER_OUTPUTS_IOU).data.copy()
 
 
-def _state_in_bf16(image: ov.Model, prompt: ov.Model, masks: ov.Model) -> tuple[ov.Model, ov.Model, ov.Model]:
-    """Let the per-image tensors leave the image graph and enter the other two as bf16 (no conversion per prompt)."""
+def _state_in_bf16(image: ov.Model, prompt: ov.Model) -> tuple[ov.Model, ov.Model]:
+    """Let the per-image tensors leave the image graph and enter the prompt graph as bf16 (no conversion per prompt)."""
     out = ov.preprocess.PrePostProcessor(image)
     into = ov.preprocess.PrePostProcessor(prompt)
     for i in range(len(image.outputs)):
         out.output(i).tensor().set_element_type(ov.Type.bf16)
         into.input(i).tensor().set_element_type(ov.Type.bf16)
-    into_masks = ov.preprocess.PrePostProcessor(masks)
-    into_masks.input(0).tensor().set_element_type(ov.Type.bf16)
-    return out.build(), into.build(), into_masks.build()
+    return out.build(), into.build()

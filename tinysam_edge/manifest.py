@@ -24,14 +24,10 @@ DECODER_INPUTS = {
     "has_mask_input": "[1] f32: 1 uses mask_input, 0 the learned no-mask embedding",
 }
 PROMPT_POINT_INPUTS = ("point_coords", "point_labels")
-#: Extra outputs of decoder_prompt: the final image tokens in low-rank form and the hypernetwork outputs.
-SCORE_PARTS = ("scale", "low_rank_r", "low_rank_w", "hyper_in")
 CACHED_DECODER_CONTRACT = {
     "decoder_image": "image_embeddings [1,256,64,64] f32 -> the per-image tensors of the split decoder (no mask prompt)",
-    "decoder_prompt": "those tensors + point_coords / point_labels (as for decoder) -> the decoder's outputs, then scale [B,1,4096],"
-    " low_rank_r [B,k,4096], low_rank_w [B,k,256], hyper_in [B,4,32]; CPU only: static-shape devices (GPU, NPU) use"
-    " decoder_static*, which keep the plain graph",
-    "decoder_masks": "s2_up (a decoder_image output) + those four parts of some prompts -> their low_res_logits",
+    "decoder_prompt": "those tensors + point_coords / point_labels (as for decoder) -> the decoder's outputs; CPU only:"
+    " static-shape devices (GPU, NPU) use decoder_static*, which keep the plain graph",
 }
 DECODER_OUTPUTS = {
     "low_res_logits": "[B,4,256,256] f32, all four mask tokens (token 0: single-mask output, 1..3: multimask)",

@@ -21,6 +21,10 @@ from .predictor import PredictorBase
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 #: Full-resolution float32 logits held at once while upscaling (about 256 MB).
 UPSCALE_BUDGET_PIXELS = 64 * 1024 * 1024
+#: IoU-first decoding (scores, then masks of the survivors) costs the IoU-only graph (about 60% of a
+#: prompt) plus a full decode per survivor, so it beats one full decode of the batch while under about
+#: 40% of the prompts survive (measured on 2 cores, f32 and bf16, docs/benchmarks.md).
+IOU_FIRST_MAX_SHARE = 0.4
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
@@ -185,22 +189,26 @@ class MaskGenerator:
     def _decode_points(self, points: np.ndarray, stage: str, high_score_thresh: float | None = None) -> tuple[MaskRecords, np.ndarray | None]:
         """Decode single-point prompts and keep the masks that pass the filters.
 
-        IoU first: the scores of a batch come without masks, and only prompts with a token above
-        ``pred_iou_thresh`` are decoded again for their logits. With ``high_score_thresh``, also
-        return the OR of (logits > it) over the kept masks.
+        IoU first, while it pays: a batch's scores come without masks and only prompts with a token
+        above ``pred_iou_thresh`` are decoded for their logits. Once more than ``IOU_FIRST_MAX_SHARE``
+        of the prompts so far had such a token, batches are decoded whole (same result, less work).
+        With ``high_score_thresh``, also return the OR of (logits > it) over the kept masks.
         """
         h, w = self.predictor.original_size
         records = MaskRecords((h, w))
         coverage = np.zeros((h, w), bool) if high_score_thresh is not None else None
-        counts = {"prompts": len(points), "masks_decoded": 0, "passed_pred_iou": 0, "prompts_with_masks": 0, "masks_upscaled": 0, "kept": 0}
+        counts = {"prompts": len(points), "masks_decoded": 0, "prompts_passing": 0, "prompts_with_masks": 0, "passed_pred_iou": 0, "masks_upscaled": 0}
         seconds = self.stats["seconds"]
         for batch in self._batches(points, stage):
             start = time.perf_counter()
-            iou, low_res, batch_points = self._decode_batch(batch)
+            seen, passing = counts["masks_decoded"] // 3, counts["prompts_passing"]
+            iou_first = self.pred_iou_thresh > 0 and (seen == 0 or passing <= IOU_FIRST_MAX_SHARE * seen)
+            iou, low_res, batch_points = self._decode_batch(batch, iou_first)
             seconds["decoder"] += time.perf_counter() - start
             start = time.perf_counter()
             counts["masks_decoded"] += 3 * len(batch)
-            counts["prompts_with_masks"] += len(batch_points)
+            counts["prompts_passing"] += len(batch_points)
+            counts["prompts_with_masks"] += len(batch_points) if iou_first else len(batch)
             iou = iou.reshape(-1)
             keep = np.flatnonzero(iou > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou))
             counts["passed_pred_iou"] += len(keep)
@@ -211,12 +219,17 @@ class MaskGenerator:
         self.stats[stage] = counts
         return records, coverage
 
-    def _decode_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scores (P, 3) of the prompts with a passing token, their low-res logits (P, 3, 256, 256) and points (P, 2)."""
+    def _decode_batch(self, batch: np.ndarray, iou_first: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores (P, 3), low-res logits (P, 3, 256, 256) and points (P, 2) of the prompts that may keep a mask.
+
+        With ``iou_first`` those are the prompts with a token above ``pred_iou_thresh``, and only
+        they are decoded for logits; otherwise the whole batch is decoded at once.
+        """
         coords, labels = batch[:, None, :], np.ones((len(batch), 1))
-        if self.pred_iou_thresh <= 0:
+        if not iou_first:
             low_res, iou = self.predictor.decode_batch(coords, labels, multimask_output=True)
-            return iou, low_res, batch
+            passing = np.flatnonzero((iou > self.pred_iou_thresh).any(axis=1)) if self.pred_iou_thresh > 0 else np.arange(len(batch))
+            return iou[passing], low_res[passing], batch[passing]
         scores = self.predictor.decode_batch_scores(coords, labels, multimask_output=True)
         passing = np.flatnonzero((scores > self.pred_iou_thresh).any(axis=1))
         low_res, _ = self.predictor.decode_batch_masks(passing, multimask_output=True)

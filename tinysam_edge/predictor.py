@@ -49,16 +49,12 @@ class PredictorBase(ABC):
         """The per-image part of the decoder for (1, 256, 64, 64) ``embedding``; None where the backend has none."""
         return None
 
-    def _decode_cached(self, state: object, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``_decode`` without mask_input, from an ``_image_state``."""
+    def _decode_cached(self, state: object, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``_decode`` without mask_input, from an ``_image_state``; ``exact_shape=False`` for batch sizes that vary."""
         raise NotImplementedError
 
-    def _score_cached(self, state: object, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, object]:
-        """IoU predictions (B, 4) without masks, and the parts ``_masks_cached`` finishes any subset of the prompts from."""
-        raise NotImplementedError
-
-    def _masks_cached(self, state: object, parts: object, rows: np.ndarray) -> np.ndarray:
-        """All 4 tokens' low-res logits (R, 4, 256, 256) of prompts ``rows`` of a ``_score_cached`` call."""
+    def _score_cached(self, state: object, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """IoU predictions (B, 4) from an ``_image_state``, skipping the mask branch."""
         raise NotImplementedError
 
     def reset_image(self) -> None:
@@ -151,32 +147,33 @@ class PredictorBase(ABC):
     ) -> np.ndarray:
         """The scores (B, C) that ``decode_batch`` would return, without computing any mask.
 
-        Where the backend has the split decoder this skips the mask branch (about half of a
-        prompt); ``decode_batch_masks`` then finishes only the prompts a caller keeps.
+        Where the backend has the split decoder this skips the mask branch (about 40% of a prompt);
+        ``decode_batch_masks`` then decodes only the prompts a caller keeps. That pays when under
+        about 40% of the prompts are kept; above, one ``decode_batch`` is cheaper.
         """
         coords, labels = self._batch_inputs(point_coords, point_labels, boxes)
         if self._split_state() is None:
             low_res, iou = self._decode(self.features, coords, labels, None)
-            parts = None
         else:
-            low_res, (iou, parts) = None, self._score_cached(self._state, coords, labels)
-        self._scored = (iou, parts, low_res)
+            low_res, iou = None, self._score_cached(self._state, coords, labels)
+        self._scored = (coords, labels, iou, low_res)
         return np.take_along_axis(iou, select_tokens(iou, multimask_output, self.flavour), axis=1)
 
     def decode_batch_masks(self, rows: np.ndarray, multimask_output: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Low-res logits (R, C, 256, 256) and scores (R, C) of prompts ``rows`` of the last ``decode_batch_scores`` call."""
-        if getattr(self, "_scored", None) is None:
+        if self._scored is None:
             raise RuntimeError("call decode_batch_scores(...) on this image before decode_batch_masks")
-        iou, parts, low_res = self._scored
+        coords, labels, iou, low_res = self._scored
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= len(iou)):
             raise ValueError(f"rows must index the {len(iou)} prompts of the last decode_batch_scores call, got {rows.min()}..{rows.max()}")
-        if rows.size == 0:  # nothing to finish: never hand OpenVINO an empty batch
+        if rows.size == 0:  # nothing to decode: never hand OpenVINO an empty batch
             low_res = np.zeros((0, iou.shape[1], LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
-        elif parts is None:
+        elif low_res is not None:
             low_res = low_res[rows]
         else:
-            low_res = self._masks_cached(self._state, parts, rows)
+            low_res, _ = self._decode_cached(self._state, coords[rows], labels[rows], exact_shape=rows.size == 1)
+        # the scores pass decides, so the rerun's rounding cannot flip a caller's filter
         return select_masks(low_res, iou[rows], multimask_output, self.flavour)
 
     def _batch_inputs(self, point_coords, point_labels, boxes) -> tuple[np.ndarray, np.ndarray]:
@@ -287,12 +284,8 @@ class Predictor(PredictorBase):
     def _image_state(self, embedding: np.ndarray) -> ImageState | None:
         return self._decoders.image_state(embedding) if self._decoders.has_split else None
 
-    def _decode_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._decoders.prompt(state, coords, labels)
+    def _decode_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        return self._decoders.prompt(state, coords, labels, exact_shape)
 
-    def _score_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _score_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return self._decoders.scores(state, coords, labels)
-
-    def _masks_cached(self, state: ImageState, parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
-        every = rows.size == len(parts[0]) and np.array_equal(rows, np.arange(rows.size))
-        return self._decoders.masks(state, parts if every else [p[rows] for p in parts])
