@@ -247,44 +247,49 @@ def everything_bench(
     generator_options: dict | None = None,
     log=print,
 ) -> dict:
-    """Hierarchical vs 32x32-grid everything mode per OpenVINO variant, interleaved round by round.
+    """Hierarchical vs 32x32-grid everything mode per OpenVINO variant (plain and split decoder), interleaved.
 
-    Reports median seconds per stage (encoder, decoder, upscaling + filters, NMS + output), the
-    prompts each mode decoded, the masks it returned and the grid/hierarchical time ratio.
+    Every variant and mode runs once untimed first (it compiles the decoder shapes it meets). Reports
+    median seconds per stage (encoder, decoder, upscaling + filters, NMS + output), the prompts each
+    mode decoded, those decoded with masks, the masks upscaled and returned, and grid/hierarchical.
     """
     options = generator_options or {}
     grid_options = {k: v for k, v in options.items() if k != "high_score_thresh"}
-    variants = {}
+    generators = {}
     for label, folder in model_dirs.items():
-        variants.update(_openvino_variants(folder, device, precisions, label, plain_too=True))
-    runs: dict[tuple[str, str], list[dict]] = {}
-    for r in range(rounds):
-        for name, predictor in variants.items():
-            for mode, generator in (("hierarchical", HierarchicalMaskGenerator(predictor, **options)), ("grid", MaskGenerator(predictor, **grid_options))):
-                start = time.perf_counter()
-                masks = generator.generate(image)
-                total = time.perf_counter() - start
-                stats = generator.stats
-                counts = {k: sum(stats[s][k] for s in ("grid", "stage1", "stage2") if s in stats) for k in ("prompts", "prompts_with_masks", "masks_upscaled")}
-                per_prompt = {"decoder_ms_per_prompt": 1000 * stats["seconds"]["decoder"] / max(1, counts["prompts"])}
-                runs.setdefault((name, mode), []).append(
-                    {"total_s": total, **{f"{k}_s": v for k, v in stats["seconds"].items()}, **counts, **per_prompt, "masks": len(masks)}
-                )
-                prompts = counts["prompts"]
-                log(f"round {r + 1}/{rounds}: {name} {mode}: {total:.1f} s, {prompts} prompts, {len(masks)} masks")
-    results = {}
-    for (name, mode), samples in runs.items():
-        results.setdefault(name, {})[mode] = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+        for name, predictor in _openvino_variants(folder, device, precisions, label, plain_too=True).items():
+            generators[f"{name} | hierarchical"] = HierarchicalMaskGenerator(predictor, **options)
+            generators[f"{name} | grid"] = MaskGenerator(predictor, **grid_options)
+
+    def run(name: str) -> dict[str, float]:
+        generator = generators[name]
+        start = time.perf_counter()
+        masks = generator.generate(image)
+        total = time.perf_counter() - start
+        stats = generator.stats
+        counts = {k: sum(stats[s][k] for s in ("grid", "stage1", "stage2") if s in stats) for k in ("prompts", "prompts_with_masks", "masks_upscaled")}
+        log(f"{name}: {total:.1f} s, {counts['prompts']} prompts, {len(masks)} masks")
+        seconds = {f"{k}_s": v for k, v in stats["seconds"].items()}
+        return {"total_s": total, **seconds, **counts, "decoder_ms_per_prompt": 1000 * seconds["decoder_s"] / max(1, counts["prompts"]), "masks": len(masks)}
+
+    for name in generators:
+        run(name)
+    report = interleaved_rounds(list(generators), run, rounds, log)
+    results: dict[str, dict] = {}
+    for name, result in report.pop("results").items():
+        variant, mode = name.split(" | ")
+        results.setdefault(variant, {})[mode] = result
     for modes in results.values():
         modes["grid_over_hierarchical"] = modes["grid"]["total_s"] / modes["hierarchical"]["total_s"]
-    return {**_environment(device), "image_hw": list(image.shape[:2]), "options": options, "rounds": rounds, "results": results}
+    return {**_environment(device), **report, "image_hw": list(image.shape[:2]), "options": options, "results": results}
 
 
 def format_everything(report: dict) -> str:
     """A Markdown table of an ``everything_bench`` report."""
     h, w = report["image_hw"]
     lines = [
-        f"everything mode on a {w}x{h} image, {report['cpu']}, {report['cores']} cores; options {report['options']}; medians of {report['rounds']} rounds",
+        f"everything mode on a {w}x{h} image, {report['cpu']}, {report['cores']} cores; options {report['options']};"
+        f" medians of {report['clean_rounds']}/{report['rounds']} clean rounds after a warm-up run" + (" (CONTENDED: numbers are noisy)" if report["contended"] else ""),
         "",
         "| variant | mode | total s | encoder s | decoder s | decoder ms / prompt | upscale + filters s | NMS + output s | prompts"
         " | prompts with masks | masks upscaled | masks | grid / hierarchical |",

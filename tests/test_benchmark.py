@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tinysam_edge.quantize.benchmark_app import merge, parse_report, parse_stdout
@@ -48,3 +49,16 @@ def test_bench_tiny_configuration(random_model_dir, random_checkpoint, tmp_path)
     assert list(results)[0] == "torch eager f32" and len(results) == 3
     assert all(r["end_to_end_ms"] > 0 and r["encoder_ms_speedup"] > 0 for r in results.values())
     assert (out / "bench.png").stat().st_size > 1000 and "| torch eager f32 |" in (out / "bench.md").read_text()
+
+
+def test_everything_bench_reports_both_decoders_and_modes(random_model_dir):
+    from tinysam_edge.quantize.bench import everything_bench, format_everything
+
+    image = np.random.default_rng(9).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    options = {"points_per_side": 4, "points_per_batch": 8, "pred_iou_thresh": 0, "stability_score_thresh": 0}
+    report = everything_bench({"fp32-IR": random_model_dir}, image, precisions=("f32",), rounds=1, generator_options=options, log=lambda *_: None)
+    assert set(report["results"]) == {"openvino fp32-IR f32 (CPU, plain decoder)", "openvino fp32-IR f32 (CPU, split decoder)"}
+    for modes in report["results"].values():
+        assert modes["grid"]["prompts"] == 16 and modes["hierarchical"]["prompts"] >= 1
+        assert modes["grid"]["prompts_with_masks"] == 16 and modes["grid"]["decoder_ms_per_prompt"] > 0
+    assert report["rounds"] == 1 and "| openvino fp32-IR f32 (CPU, split decoder) | hierarchical |" in format_everything(report)
