@@ -13,8 +13,9 @@ as ``a * S' + R W`` (a row scale, a shared matrix, a low-rank product) and never
 - the mask branch's first transposed convolution is such a linear map; its GELU and the second
   transposed convolution run at full size, but only for prompts whose masks are wanted.
 
-MACs per one-click prompt (T = 7 tokens) fall from about 1.0 G to about 0.19 G for the transformer
-and IoU head plus 0.26 G for the masks (``docs/decoder.md`` counts them term by term).
+MACs per one-click prompt (T = 7 tokens, torch's flop counter) fall from 1.02 G to 0.25 G for the
+transformer and IoU head plus 0.27 G for the masks; the per-image part costs 2.1 G once
+(``docs/decoder.md``).
 """
 
 import torch
