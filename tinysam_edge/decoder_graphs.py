@@ -58,6 +58,7 @@ class DecoderGraphs:
             self._image = compile_model(core, image, device, config).create_infer_request()
             self._graphs["prompt"] = prompt
             self._graphs["scores"] = ov.Model([prompt.output(DECODER_OUTPUTS_IOU)], prompt.get_parameters(), "decoder_scores")
+            self.specialized("prompt", 1, 2)  # a repeated click must not wait for a compile either
 
     @property
     def has_split(self) -> bool:
