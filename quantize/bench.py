@@ -187,12 +187,19 @@ def decoder_report(model_dirs: dict[str, Path], checkpoint: str | Path, image: n
     return {**_environment(device), **report, "image_hw": list(image.shape[:2]), "macs": decoder_macs(sam, official)}
 
 
+def run_header(report: dict, rounds: dict) -> str:
+    """One line: machine, versions and how many of the ``interleaved_rounds`` were clean."""
+    return (
+        f"{report['cpu']}, {report['cores']} cores, device {report['device']}; openvino {report['versions']['openvino']}, torch {report['versions']['torch']};"
+        f" {rounds['clean_rounds']}/{rounds['rounds']} clean rounds" + (" (CONTENDED: numbers are noisy)" if rounds["contended"] else "")
+    )
+
+
 def format_tables(report: dict) -> str:
     """Markdown tables of a ``quick_bench`` / ``full_bench`` report."""
     pipe = report["pipeline"]
     lines = [
-        f"{report['cpu']}, {report['cores']} cores, device {report['device']}; openvino {report['versions']['openvino']}, torch {report['versions']['torch']};"
-        f" {pipe['clean_rounds']}/{pipe['rounds']} clean rounds" + (" (CONTENDED: numbers are noisy)" if pipe["contended"] else ""),
+        run_header(report, pipe),
         "",
         "Python pipeline (medians; speed-ups vs torch eager in the same run):",
         "",

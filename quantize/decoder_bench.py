@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tinysam_edge.models.modeling import CachedMaskDecoder, Sam
 from tinysam_edge.predictor import PredictorBase
 
-from .bench import interleaved_rounds
+from .bench import interleaved_rounds, run_header
 
 OfficialDecoder = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
@@ -129,8 +129,7 @@ def format_decoder(report: dict) -> str:
     results = report["results"]
     official = next((r for name, r in results.items() if name.startswith("official")), None)
     lines = [
-        f"{report['cpu']}, {report['cores']} cores, device {report['device']}; openvino {report['versions']['openvino']}, torch {report['versions']['torch']};"
-        f" {report['clean_rounds']}/{report['rounds']} clean rounds" + (" (CONTENDED: numbers are noisy)" if report["contended"] else ""),
+        run_header(report, report),
         "",
         "| variant | first click ms | second click ms (builds image state) | image state ms | repeated click ms | x official | upscale to photo ms |",
         "| --- | --- | --- | --- | --- | --- | --- |",
