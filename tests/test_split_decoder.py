@@ -112,6 +112,9 @@ def test_policy_first_click_plain_batches_split_reset_on_new_image(random_model_
     assert empty_low.shape == (0, 3, 256, 256)
     with pytest.raises(ValueError, match="rows"):
         p.decode_batch_masks(np.array([6]))
+    p.set_image(image)  # a new image forgets the scores of the old one
+    with pytest.raises(RuntimeError, match="decode_batch_scores"):
+        p.decode_batch_masks(np.array([0]))
 
 
 def test_torch_scores_then_masks(random_model):
