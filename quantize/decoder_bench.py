@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tinysam_edge.models.modeling import CachedMaskDecoder, Sam
 from tinysam_edge.predictor import PredictorBase
+from tinysam_edge.transforms import apply_coords
 
 from .bench import interleaved_rounds, run_header
 
@@ -89,8 +90,6 @@ def _time_clicks(predictor: PredictorBase, image: np.ndarray, points: np.ndarray
 
 
 def _time_official(official: OfficialDecoder, predictor: PredictorBase, points: np.ndarray) -> dict[str, float]:
-    from tinysam_edge.transforms import apply_coords
-
     embedding = predictor.get_image_embedding()
     times = []
     for point in points:

@@ -241,12 +241,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_everything(args: argparse.Namespace, bench, model_dir: Path) -> int:
-    outputs = [args.out_dir / name for name in ("everything.json", "everything.md")]
+def _bench_setup(args: argparse.Namespace, model_dir: Path, stem: str) -> tuple[list[Path], dict[str, Path]]:
+    """Checked ``<stem>.json`` / ``<stem>.md`` output paths and the model dirs to compare."""
+    outputs = [args.out_dir / f"{stem}{suffix}" for suffix in (".json", ".md")]
     for path in outputs:
         _check_output(path, args.overwrite, [], (path.suffix,))
+    return outputs, {"fp32-IR": model_dir} | ({"int8-IR": args.int8_dir} if args.int8_dir is not None else {})
+
+
+def _bench_everything(args: argparse.Namespace, bench, model_dir: Path) -> int:
+    outputs, dirs = _bench_setup(args, model_dir, "everything")
     image = load_image(args.everything)
-    dirs = {"fp32-IR": model_dir} | ({"int8-IR": args.int8_dir} if args.int8_dir is not None else {})
     options = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh, "high_score_thresh": args.high_score_thresh}
     options["points_per_batch"] = args.points_per_batch
     report = bench.everything_bench(dirs, image, rounds=args.rounds, device=args.device, generator_options=options, log=_log)
@@ -266,11 +271,8 @@ def _write_report(outputs: list[Path], report: dict, table: str) -> int:
 def _bench_decoder(args: argparse.Namespace, bench, model_dir: Path) -> int:
     from .quantize import decoder_bench
 
-    outputs = [args.out_dir / name for name in ("decoder.json", "decoder.md")]
-    for path in outputs:
-        _check_output(path, args.overwrite, [], (path.suffix,))
+    outputs, dirs = _bench_setup(args, model_dir, "decoder")
     image = load_image(args.decoder)
-    dirs = {"fp32-IR": model_dir} | ({"int8-IR": args.int8_dir} if args.int8_dir is not None else {})
     report = bench.decoder_report(dirs, args.checkpoint, image, rounds=args.rounds, device=args.device, log=_log)
     return _write_report(outputs, report, decoder_bench.format_decoder(report))
 
