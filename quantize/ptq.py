@@ -15,12 +15,12 @@ from tinysam_edge import Predictor, load_image
 from tinysam_edge.errors import TinySamError
 from tinysam_edge.manifest import DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, Manifest
 from tinysam_edge.masks import select_masks
+from tinysam_edge.object_prompts import image_rng, model_objects, prompts_for_objects
 from tinysam_edge.prompts import LOW_RES_SIZE, check_prompts, encode_prompts
 from tinysam_edge.transforms import preprocess
 
-from .accuracy import mask_iou
+from .evaluation.agreement import mask_iou
 from .export import check_out_dir, staged_dir
-from .sampling import image_rng, model_objects, prompts_for_objects
 
 #: Validation and reference runs are pinned to f32 (this CPU would otherwise pick bf16).
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinysam_edge.quantize.benchmark_app import merge, parse_report, parse_stdout
+from tinysam_edge.quantize.benchmark.benchmark_app import merge, parse_report, parse_stdout
 
 DATA = Path(__file__).parent / "data" / "benchmark_app"
 
@@ -52,7 +52,7 @@ def test_bench_tiny_configuration(random_model_dir, random_checkpoint, tmp_path)
 
 
 def test_everything_bench_reports_both_decoders_and_modes(random_model_dir):
-    from tinysam_edge.quantize.bench import everything_bench, format_everything
+    from tinysam_edge.quantize.benchmark.pipeline import everything_bench, format_everything
 
     image = np.random.default_rng(9).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     options = {"points_per_side": 4, "points_per_batch": 8, "pred_iou_thresh": 0, "stability_score_thresh": 0}

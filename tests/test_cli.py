@@ -54,7 +54,9 @@ def test_segment_writes_overlay_mask_and_json(image_file, random_checkpoint, tmp
     overlay, mask = cv2.imread(str(out)), cv2.imread(str(mask_out), cv2.IMREAD_UNCHANGED)
     assert overlay.shape == (120, 160, 3) and mask.shape == (120, 160)
     assert set(np.unique(mask)) <= {0, 255} and info["area"] == int((mask == 255).sum())
-    assert info["flavour"] == "tinysam" and info["backend"] == "torch eager, f32" and 0 <= info["bbox_xywh"][0] < 160
+    assert info["flavour"] == "tinysam" and info["backend"] == "torch eager, f32"
+    ys, xs = np.nonzero(mask)  # one box convention for every JSON output: XYWH with inclusive max (SAM's)
+    assert info["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
 
     again = run_cli("segment", image_file, "--backend", "torch", "--checkpoint", random_checkpoint, "--point", "80,60", "--out", out)
     assert_user_error(again, "exists; pass --overwrite")

@@ -12,7 +12,9 @@ mask_utils = pytest.importorskip("pycocotools.mask")
 from conftest import DATA, require  # noqa: E402
 
 from tinysam_edge.errors import TinySamError  # noqa: E402
-from tinysam_edge.quantize.coco_eval import check_detections, encode_rle, evaluate_segm, load_ground_truth, run_coco_eval  # noqa: E402
+from tinysam_edge.coco import load_ground_truth  # noqa: E402
+from tinysam_edge.masks import encode_rle  # noqa: E402
+from tinysam_edge.quantize.evaluation.coco import check_detections, evaluate_segm, run_coco_eval  # noqa: E402
 
 COCO8 = "instances_coco8seg.json"
 DETS8 = "gt_derived_jittered_bbox_results_coco8seg.json"

@@ -16,7 +16,8 @@ mask_utils = pytest.importorskip("pycocotools.mask")
 from conftest import SHARED, require  # noqa: E402
 
 from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor, load_image  # noqa: E402
-from tinysam_edge.mask_generator import UPSCALE_BUDGET_PIXELS, box_nms, build_point_grid  # noqa: E402
+from tinysam_edge.amg import box_nms, build_point_grid  # noqa: E402
+from tinysam_edge.mask_generator import UPSCALE_BUDGET_PIXELS  # noqa: E402
 
 EVERYTHING = SHARED / "fixtures" / "everything"
 STAGE_KEYS = ("stage1_kept", "stage2_candidate_points", "stage2_covered_skipped", "stage2_prompts_decoded", "stage2_kept", "before_nms")

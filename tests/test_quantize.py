@@ -14,9 +14,9 @@ from conftest import DATA, require  # noqa: E402
 
 from tinysam_edge import Predictor  # noqa: E402
 from tinysam_edge.manifest import Manifest  # noqa: E402
-from tinysam_edge.quantize.accuracy import compare_predictors, mask_iou  # noqa: E402
+from tinysam_edge.quantize.evaluation.agreement import compare_predictors, mask_iou  # noqa: E402
 from tinysam_edge.quantize.ptq import quantize_model_dir  # noqa: E402
-from tinysam_edge.quantize.sampling import list_images  # noqa: E402
+from tinysam_edge.image import list_images  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,7 @@ def test_f32_then_bf16_share_a_cache_dir_without_crashing(parity_model_dir, tmp_
 
 def test_official_decoder_agrees_and_macs_drop(parity_dir, parity):
     """segment-anything 1.0's own decoder with these weights gives the fixture's outputs; the split decoder does far fewer MACs."""
-    from tinysam_edge.quantize.decoder_bench import decoder_macs, load_official_decoder
+    from tinysam_edge.quantize.benchmark.decoder import decoder_macs, load_official_decoder
 
     sam = build_sam("vit_t", checkpoint=parity_dir / "weights.pt")
     official = load_official_decoder(sam)

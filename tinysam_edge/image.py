@@ -1,5 +1,6 @@
 """Reading images and bringing arrays to the HxWx3 uint8 RGB form the models expect."""
 
+import glob
 from pathlib import Path
 
 import cv2
@@ -7,6 +8,9 @@ import numpy as np
 
 from .errors import TinySamError
 from .files import atomic_write
+
+#: File types every command reads as images (and accepts as image outputs).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -59,3 +63,13 @@ def save_image(path: str | Path, image: np.ndarray, overwrite: bool = False) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         tmp.write_bytes(encoded.tobytes())
+
+
+def list_images(spec: str | Path) -> list[Path]:
+    """Image files of a folder (sorted) or a glob pattern; raises TinySamError when there are none."""
+    path = Path(spec)
+    candidates = path.iterdir() if path.is_dir() else map(Path, glob.glob(str(spec)))
+    files = sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise TinySamError(f"no images found at {spec} (a folder or a glob such as 'photos/*.jpg')")
+    return files

@@ -10,12 +10,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from .image import to_rgb_uint8
-from .masks import MASK_THRESHOLD
+from .amg import box_nms, build_point_grid, remove_small_regions
+from .masks import MASK_THRESHOLD, box_xywh, encode_rle, mask_to_box, mask_to_uncompressed_rle
 from .predictor import PredictorBase
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -25,69 +25,6 @@ UPSCALE_BUDGET_PIXELS = 64 * 1024 * 1024
 #: prompt) plus a full decode per survivor, so it beats one full decode of the batch while under about
 #: 40% of the prompts survive (measured on 2 cores, f32 and bf16, docs/benchmarks.md).
 IOU_FIRST_MAX_SHARE = 0.4
-
-
-def build_point_grid(n_per_side: int) -> np.ndarray:
-    """(n*n, 2) cell centres of an n x n grid in [0, 1]^2, x varying fastest (SAM's layout)."""
-    offset = 1.0 / (2 * n_per_side)
-    side = np.linspace(offset, 1 - offset, n_per_side)
-    xs, ys = np.meshgrid(side, side)
-    return np.stack([xs.ravel(), ys.ravel()], axis=-1)
-
-
-def mask_to_box(mask: np.ndarray) -> np.ndarray:
-    """XYXY box with inclusive max coordinates (SAM's convention); zeros for an empty mask."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return np.zeros(4, np.float32)
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float32)
-
-
-def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS with torchvision's semantics: stable descending score order, suppress when IoU > threshold.
-
-    Hand-written in numpy because the runtime must not depend on torchvision, and OpenCV's
-    NMSBoxes differs in score filtering and tie order.
-    """
-    boxes = boxes.astype(np.float32)
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
-        order = rest[~(iou > iou_threshold)]
-    return np.array(keep, dtype=np.int64)
-
-
-def mask_to_uncompressed_rle(mask: np.ndarray) -> dict:
-    """Column-major run lengths starting with a run of zeros (the COCO / SAM uncompressed RLE)."""
-    flat = mask.T.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
-
-
-def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
-    """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``area_thresh``; report a change."""
-    fill_holes = mode == "holes"
-    working = (fill_holes ^ mask).astype(np.uint8)
-    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)
-    sizes = stats[1:, cv2.CC_STAT_AREA]
-    small = [i + 1 for i, s in enumerate(sizes) if s < area_thresh]
-    if not small:
-        return mask, False
-    fill = [0] + small
-    if not fill_holes:
-        fill = [i for i in range(n_labels) if i not in fill] or [int(np.argmax(sizes)) + 1]
-    return np.isin(regions, fill), True
 
 
 @dataclass
@@ -135,6 +72,9 @@ class MaskGenerator:
     order (best predicted IoU first). ``stats`` holds counts and seconds of the last call.
     """
 
+    #: The coarsest grid the generator can run (the hierarchical one samples a quarter of it first).
+    min_points_per_side = 1
+
     def __init__(
         self,
         predictor: PredictorBase,
@@ -150,6 +90,11 @@ class MaskGenerator:
     ) -> None:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        for name, value, low in (("points_per_side", points_per_side, self.min_points_per_side), ("points_per_batch", points_per_batch, 1)):
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= box_nms_thresh <= 1.0 or not all(np.isfinite([pred_iou_thresh, stability_score_thresh, stability_score_offset])):
+            raise ValueError("box_nms_thresh must be in 0..1 and the other thresholds finite numbers")
         if output_mode == "coco_rle":
             try:
                 from pycocotools import mask as _  # noqa: F401
@@ -282,21 +227,17 @@ class MaskGenerator:
 
     def _record(self, records: MaskRecords, i: int) -> dict:
         mask = records.mask(i)
-        x0, y0, x1, y1 = (int(v) for v in records.boxes[i])
         h, w = records.shape
         if self.output_mode == "binary_mask":
             segmentation = mask
         elif self.output_mode == "uncompressed_rle":
             segmentation = mask_to_uncompressed_rle(mask)
         else:
-            from pycocotools import mask as mask_utils
-
-            segmentation = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            segmentation["counts"] = segmentation["counts"].decode("utf-8")
+            segmentation = encode_rle(mask)
         return {
             "segmentation": segmentation,
             "area": int(mask.sum()),
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "bbox": box_xywh(records.boxes[i]),
             "predicted_iou": records.iou[i],
             "point_coords": [records.points[i].tolist()],
             "stability_score": records.stability[i],
@@ -314,8 +255,12 @@ class HierarchicalMaskGenerator(MaskGenerator):
     there), the stage-1 masks are returned.
     """
 
+    min_points_per_side = 4
+
     def __init__(self, predictor: PredictorBase, high_score_thresh: float = 8.5, **kwargs) -> None:
         super().__init__(predictor, **kwargs)
+        if not np.isfinite(high_score_thresh):
+            raise ValueError(f"high_score_thresh must be a finite number, got {high_score_thresh!r}")
         self.high_score_thresh = high_score_thresh
 
     def generate(self, image: np.ndarray) -> list[dict]:

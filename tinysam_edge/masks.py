@@ -3,6 +3,8 @@
 import cv2
 import numpy as np
 
+from .errors import TinySamError
+
 
 #: How the single-mask output is chosen: TinySAM takes the best predicted IoU among tokens 1..3
 #: (its token 0 was never trained); upstream SAM / MobileSAM use token 0.
@@ -50,3 +52,43 @@ def postprocess_masks(low_res_logits: np.ndarray, input_size: tuple[int, int], o
         crop = np.ascontiguousarray(up[: input_size[0], : input_size[1]])
         out[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w)
     return out
+
+
+def mask_to_box(mask: np.ndarray, pixel_edges: bool = False) -> np.ndarray:
+    """(H, W) bool -> (4,) XYXY box; zeros for an empty mask.
+
+    By default the max coordinates are inclusive (SAM's convention: a one-pixel mask has width 0).
+    With ``pixel_edges`` they are the far pixel edges (max + 1), the box that covers every pixel,
+    which is COCO's ``toBbox`` convention and the right box prompt for an object.
+    """
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return np.zeros(4, np.float32)
+    return np.array([cols[0], rows[0], cols[-1] + pixel_edges, rows[-1] + pixel_edges], np.float32)
+
+
+def box_xywh(box: np.ndarray) -> list[int]:
+    """XYXY -> XYWH as ints (the JSON form of every ``bbox`` this package writes)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool -> COCO compressed RLE with ``counts`` as str (JSON-ready); needs pycocotools."""
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError as exc:
+        raise TinySamError("COCO RLE output needs pycocotools: pip install 'tinysam-edge[eval]'") from exc
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("utf-8")}
+
+
+def mask_to_uncompressed_rle(mask: np.ndarray) -> dict:
+    """Column-major run lengths starting with a run of zeros (the COCO / SAM uncompressed RLE)."""
+    flat = mask.T.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}

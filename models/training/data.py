@@ -6,7 +6,6 @@ Randomness (object subset, flips) comes from ``(seed, epoch, index)``, so a samp
 worker loads it and however many workers there are.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +13,10 @@ import cv2
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from tinysam_edge.quantize.sampling import list_images, mask_box
 
-from tinysam_edge.image import load_image
+from tinysam_edge.coco import load_ground_truth, read_json
+from tinysam_edge.image import list_images, load_image
+from tinysam_edge.masks import mask_to_box
 from tinysam_edge.prompts import LOW_RES_SIZE
 from tinysam_edge.transforms import IMG_SIZE, apply_boxes, preprocess
 
@@ -42,7 +41,7 @@ def sa1b_records(images: Path) -> list[ImageRecord]:
         ann_path = path.with_suffix(".json")
         if not ann_path.is_file():
             raise ValueError(f"{path.name} has no annotation file {ann_path.name} (SA-1B layout: one JSON per image)")
-        data = json.loads(ann_path.read_text())
+        data = read_json(ann_path, "SA-1B annotation")
         info = data["image"]
         records.append(ImageRecord(path.stem, path, info["height"], info["width"], tuple(data["annotations"])))
     return records
@@ -50,9 +49,7 @@ def sa1b_records(images: Path) -> list[ImageRecord]:
 
 def coco_records(images: Path, annotations: Path) -> list[ImageRecord]:
     """Records of a COCO instances JSON (crowd regions are skipped) whose images are in ``images``."""
-    if not Path(annotations).is_file():
-        raise ValueError(f"annotation file not found: {annotations}")
-    coco = COCO(str(annotations))
+    coco = load_ground_truth(annotations)
     records = []
     for image_id in sorted(coco.getImgIds()):
         info = coco.loadImgs(image_id)[0]
@@ -154,7 +151,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             low = to_low_res(mask, input_size)
             if low.any():  # objects thinner than a low-res cell vanish; they cannot be supervised
                 masks.append(low)
-                boxes.append(apply_boxes(mask_box(mask), (record.height, record.width)))
+                boxes.append(apply_boxes(mask_to_box(mask, pixel_edges=True).astype(np.float64), (record.height, record.width)))
         sample = {
             "key": record.key,
             "image": torch.from_numpy(image[0]),

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tinysam_edge.quantize.sampling import interior_point
+from tinysam_edge.object_prompts import interior_point
 from torch import nn
 from tqdm import tqdm
 

@@ -141,15 +141,24 @@ def _environment(device: str) -> dict:
     }
 
 
-def quick_bench(model_dir: str | Path, checkpoint: str | Path, rounds: int = 10, device: str = "CPU", log=print) -> dict:
-    """Encoder and one-click latency of torch eager, OV f32 and OV bf16, interleaved."""
+def quick_bench(model_dir: str | Path, checkpoint: str | Path, rounds: int = 10, device: str = "CPU", precisions: tuple[str, ...] = ("f32", "bf16"), log=print) -> dict:
+    """Encoder and one-click latency of torch eager and OpenVINO at each of ``precisions``, interleaved."""
     torch.set_num_threads(os.cpu_count() or 1)
     variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
-    variants.update(_openvino_variants(model_dir, device, ("f32", "bf16"), "fp32-IR"))
+    variants.update(_openvino_variants(model_dir, device, precisions, "fp32-IR"))
     return {**_environment(device), "pipeline": pipeline_bench(variants, rounds, log=log)}
 
 
-def full_bench(model_dir: str | Path, int8_dir: str | Path | None, checkpoint: str | Path, rounds: int = 5, seconds: int = 10, device: str = "CPU", log=print) -> dict:
+def full_bench(
+    model_dir: str | Path,
+    int8_dir: str | Path | None,
+    checkpoint: str | Path,
+    rounds: int = 5,
+    seconds: int = 10,
+    device: str = "CPU",
+    precisions: tuple[str, ...] = ("f32", "bf16"),
+    log=print,
+) -> dict:
     """benchmark_app on every IR (encoder f32/bf16/INT8, decoder one click and 64-prompt batch) plus the pipeline bench."""
     torch.set_num_threads(os.cpu_count() or 1)
     model_dir = Path(model_dir)
@@ -158,7 +167,7 @@ def full_bench(model_dir: str | Path, int8_dir: str | Path | None, checkpoint: s
     encoder_shape = {ENCODER_INPUT: [1, 3, 1024, 1024]}
     for label, folder in dirs.items():
         manifest = Manifest.read(folder)
-        for precision in ("f32", "bf16"):
+        for precision in precisions:
             log(f"benchmark_app: {label} encoder, {precision}")
             apps.append({"model": f"{label} encoder", "precision": precision, **run_benchmark_app(folder / manifest.files["encoder"], device, encoder_shape, precision, seconds)})
         for batch, what in ((1, "decoder, 1 click"), (64, "decoder, 64 prompts")):
@@ -167,13 +176,21 @@ def full_bench(model_dir: str | Path, int8_dir: str | Path | None, checkpoint: s
             apps.append({"model": f"{label} {what}", "precision": "f32", **run_benchmark_app(folder / manifest.files["decoder"], device, shapes, "f32", seconds)})
     variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
     for label, folder in dirs.items():
-        variants.update(_openvino_variants(folder, device, ("f32", "bf16"), label))
+        variants.update(_openvino_variants(folder, device, precisions, label))
     return {**_environment(device), "benchmark_app": apps, "pipeline": pipeline_bench(variants, rounds, log=log)}
 
 
-def decoder_report(model_dirs: dict[str, Path], checkpoint: str | Path, image: np.ndarray, rounds: int = 5, device: str = "CPU", log=print) -> dict:
-    """``decoder_bench`` over torch eager and every OpenVINO variant (f32, bf16), with the MAC counts."""
-    from .decoder_bench import decoder_bench, decoder_macs, load_official_decoder
+def decoder_report(
+    model_dirs: dict[str, Path],
+    checkpoint: str | Path,
+    image: np.ndarray,
+    rounds: int = 5,
+    device: str = "CPU",
+    precisions: tuple[str, ...] = ("f32", "bf16"),
+    log=print,
+) -> dict:
+    """``decoder_bench`` over torch eager and every OpenVINO variant at each of ``precisions``, with the MAC counts."""
+    from .decoder import decoder_bench, decoder_macs, load_official_decoder
 
     torch.set_num_threads(os.cpu_count() or 1)
     sam = build_sam("vit_t", checkpoint=checkpoint)
@@ -182,7 +199,7 @@ def decoder_report(model_dirs: dict[str, Path], checkpoint: str | Path, image: n
         log("segment-anything is not installed: no official decoder to compare with (pip install 'tinysam-edge[bench]')")
     variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(sam)}
     for label, folder in model_dirs.items():
-        variants.update(_openvino_variants(folder, device, ("f32", "bf16"), label, plain_too=True))
+        variants.update(_openvino_variants(folder, device, precisions, label, plain_too=True))
     report = decoder_bench(variants, official, image, rounds=rounds, log=log)
     return {**_environment(device), **report, "image_hw": list(image.shape[:2]), "macs": decoder_macs(sam, official)}
 

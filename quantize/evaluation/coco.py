@@ -11,45 +11,20 @@ from tqdm import tqdm
 
 from tinysam_edge import load_image
 from tinysam_edge.errors import TinySamError
-from tinysam_edge.masks import MASK_THRESHOLD
+from tinysam_edge.coco import load_ground_truth, read_json
+from tinysam_edge.masks import MASK_THRESHOLD, encode_rle
 from tinysam_edge.predictor import PredictorBase
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 BOX_BATCH = 32
 
 
-def _pycocotools():
+def _cocoeval():
     try:
-        from pycocotools import mask as mask_utils
-        from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as exc:
         raise TinySamError("COCO evaluation needs pycocotools: pip install 'tinysam-edge[eval]'") from exc
-    return mask_utils, COCO, COCOeval
-
-
-def read_json(path: str | Path, what: str) -> object:
-    """Load a JSON file with one clear error for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise TinySamError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TinySamError(f"{what} {path} is not valid JSON ({exc})") from exc
-
-
-def load_ground_truth(annotations: str | Path):
-    """A pycocotools COCO object from an instances JSON, without pycocotools' chatter."""
-    _, COCO, _ = _pycocotools()
-    data = read_json(annotations, "annotations")
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
-        raise TinySamError(f"{annotations} is not a COCO instances file (needs images, annotations, categories)")
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    return COCOeval
 
 
 def check_detections(detections: object, image_files: dict[int, Path], categories: set[int], image_ids: list[int] | None = None) -> tuple[list[dict], dict]:
@@ -73,13 +48,6 @@ def check_detections(detections: object, image_files: dict[int, Path], categorie
     usable = [d for d in detections if d["image_id"] in wanted and d["category_id"] in categories]
     warnings = {"unknown_category": sum(d["category_id"] not in categories for d in detections if d["image_id"] in wanted)}
     return usable, warnings
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO compressed RLE of a boolean mask, counts as str (JSON-ready)."""
-    mask_utils, _, _ = _pycocotools()
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
 
 
 def segment_detections(predictor: PredictorBase, image_files: dict[int, Path], detections: list[dict], progress: bool = True) -> tuple[list[dict], dict]:
@@ -110,7 +78,7 @@ def segment_detections(predictor: PredictorBase, image_files: dict[int, Path], d
 
 def evaluate_segm(coco, results: list[dict], image_ids: list[int]) -> tuple[dict[str, float], str]:
     """COCOeval "segm" with default parameters on ``image_ids``; returns the 12 stats and the printed summary."""
-    _, _, COCOeval = _pycocotools()
+    COCOeval = _cocoeval()
     if not results:
         raise TinySamError("no results to evaluate")
     with contextlib.redirect_stdout(io.StringIO()):

@@ -1,6 +1,5 @@
 """Deterministic prompt sampling on real images: objects (annotations or the FP32 model's own masks) -> points and boxes."""
 
-import glob
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,10 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tinysam_edge.predictor import PredictorBase
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
+from .masks import mask_to_box
+from .predictor import PredictorBase
 
 @dataclass(frozen=True)
 class Prompt:
@@ -27,16 +24,6 @@ class Prompt:
         return {"point_coords": self.point_coords, "point_labels": self.point_labels, "box": self.box}
 
 
-def list_images(spec: str | Path) -> list[Path]:
-    """Image files of a folder (sorted) or a glob pattern; raises ValueError when there are none."""
-    path = Path(spec)
-    candidates = path.iterdir() if path.is_dir() else map(Path, glob.glob(str(spec)))
-    files = sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no images found at {spec} (a folder or a glob such as 'photos/*.jpg')")
-    return files
-
-
 def image_rng(path: Path, salt: int = 0) -> np.random.Generator:
     """A random generator seeded by the file name, so every run samples the same prompts."""
     return np.random.default_rng(zlib.crc32(path.name.encode()) + salt)
@@ -47,12 +34,6 @@ def interior_point(mask: np.ndarray) -> tuple[float, float]:
     dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return float(x) + 0.5, float(y) + 0.5
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """Tight XYXY box of a mask, in pixel-edge coordinates."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
 
 
 def model_objects(predictor: PredictorBase, rng: np.random.Generator, count: int) -> list[np.ndarray]:
@@ -81,7 +62,7 @@ def prompts_for_objects(objects: list[np.ndarray], rng: np.random.Generator, wit
             coords.append([nx + 0.5, ny + 0.5])
             labels.append(0)
         prompts.append(Prompt("point", np.array(coords), np.array(labels)))
-        prompts.append(Prompt("box", box=mask_box(mask)))
+        prompts.append(Prompt("box", box=mask_to_box(mask, pixel_edges=True).astype(np.float64)))
     return prompts
 
 

@@ -16,7 +16,7 @@ from tinysam_edge.models.modeling import CachedMaskDecoder, Sam
 from tinysam_edge.predictor import PredictorBase
 from tinysam_edge.transforms import apply_coords
 
-from .bench import interleaved_rounds, run_header
+from .pipeline import interleaved_rounds, run_header
 
 OfficialDecoder = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 

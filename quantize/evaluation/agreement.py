@@ -6,9 +6,10 @@ import numpy as np
 from tqdm import tqdm
 
 from tinysam_edge import TinySamError, load_image
+from tinysam_edge.coco import load_ground_truth
+from tinysam_edge.object_prompts import coco_objects, image_rng, model_objects, prompts_for_objects
 from tinysam_edge.predictor import PredictorBase
 
-from .sampling import coco_objects, image_rng, model_objects, prompts_for_objects
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -33,11 +34,7 @@ def compare_predictors(
     """
     coco = ids_by_name = None
     if annotations is not None:
-        try:
-            from pycocotools.coco import COCO
-        except ImportError as exc:
-            raise TinySamError("--annotations needs pycocotools: pip install 'tinysam-edge[eval]'") from exc
-        coco = COCO(str(annotations))
+        coco = load_ground_truth(annotations)
         ids_by_name = {img["file_name"]: img["id"] for img in coco.dataset["images"]}
     rows, skipped = [], []
     for path in tqdm(images, desc="comparing", unit="image", disable=not progress):

@@ -1,0 +1,56 @@
+"""``train``: distil a TinySAM student from a SAM teacher (the ``[train]`` extra)."""
+
+import argparse
+from pathlib import Path
+
+from ..errors import TinySamError
+from .options import log
+
+
+def _training():  # noqa: ANN202 - the module is only importable with the [train] extra
+    try:
+        from ..models import training
+    except ImportError as exc:
+        raise TinySamError(f"training needs PyTorch and pycocotools ({exc}); install them with: pip install 'tinysam-edge[train]'") from exc
+    return training
+
+
+def cmd_train_cache(args: argparse.Namespace) -> int:
+    """Precompute teacher image embeddings."""
+    cache = _training().cache_teacher(
+        args.teacher, str(args.images), str(args.out), args.annotations, model=args.model, flip=args.flip, device=args.device, amp=args.amp, log=log
+    )
+    print(f"teacher embeddings of {cache.meta.checkpoint} in {cache.root}")
+    return 0
+
+
+def cmd_train_distill(args: argparse.Namespace) -> int:
+    """Run or resume a distillation from a config file."""
+    training = _training()
+    config = training.read_config(args.config, args.set)
+    out = training.train(config, resume=args.resume, log=log)
+    print(f"student checkpoint (official layout): {out / 'student_last.pth'}; logs and training.png in {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train cache-teacher`` and ``train distill``."""
+    from .options import Parser
+
+    p = sub.add_parser("train", help="distill a TinySAM student from a SAM teacher (PyTorch, CUDA or CPU)")
+    tsub = p.add_subparsers(dest="train_command", required=True, parser_class=Parser)
+    p = tsub.add_parser("cache-teacher", help="precompute teacher image embeddings (fp16, resumable)")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint file or registry name (e.g. sam_vit_h)")
+    p.add_argument("--model", default="auto", choices=["auto", "vit_t", "vit_b", "vit_l", "vit_h"], help="teacher architecture (default: from the checkpoint)")
+    p.add_argument("--images", type=Path, required=True, help="image folder (SA-1B layout: a JSON next to each image)")
+    p.add_argument("--annotations", help="COCO instances JSON (COCO layout instead of SA-1B)")
+    p.add_argument("--out", type=Path, required=True, help="cache folder (an existing cache of the same teacher is resumed)")
+    p.add_argument("--flip", action="store_true", help="also cache horizontally flipped images (needed for data.flip)")
+    p.add_argument("--device", default="auto", help="torch device (default: CUDA when available, else CPU)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype (default: bf16 on CUDA, off on CPU)")
+    p.set_defaults(func=cmd_train_cache)
+    p = tsub.add_parser("distill", help="train a student from a TOML/YAML config (see configs/)")
+    p.add_argument("--config", type=Path, required=True, help="config file (.toml, or .yaml with PyYAML)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value; repeatable")
+    p.add_argument("--resume", action="store_true", help="continue the run in run.out from its last checkpoint")
+    p.set_defaults(func=cmd_train_distill)
