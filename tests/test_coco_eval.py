@@ -9,12 +9,12 @@ import pytest
 
 mask_utils = pytest.importorskip("pycocotools.mask")
 
-from conftest import DATA, require  # noqa: E402
+from conftest import DATA, require
+from tinysam_edge.quantize.evaluation.coco import check_detections, evaluate_segm, run_coco_eval
 
-from tinysam_edge.errors import TinySamError  # noqa: E402
-from tinysam_edge.coco import load_ground_truth  # noqa: E402
-from tinysam_edge.masks import encode_rle  # noqa: E402
-from tinysam_edge.quantize.evaluation.coco import check_detections, evaluate_segm, run_coco_eval  # noqa: E402
+from tinysam_edge.coco import load_ground_truth
+from tinysam_edge.errors import TinySamError
+from tinysam_edge.masks import encode_rle
 
 COCO8 = "instances_coco8seg.json"
 DETS8 = "gt_derived_jittered_bbox_results_coco8seg.json"
@@ -25,7 +25,9 @@ def coco_mini():
     return require(DATA / "coco_mini")
 
 
-@pytest.mark.parametrize("shape, fill", [((1, 1), True), ((1, 1), False), ((7, 1), "one"), ((1, 9), "one"), ((5, 4), False), ((5, 4), True), ((300, 200), "one")])
+@pytest.mark.parametrize(
+    "shape, fill", [((1, 1), True), ((1, 1), False), ((7, 1), "one"), ((1, 9), "one"), ((5, 4), False), ((5, 4), True), ((300, 200), "one")]
+)
 def test_rle_writer_round_trips_odd_shapes(shape, fill):
     mask = np.zeros(shape, bool) if fill in (False, "one") else np.ones(shape, bool)
     if fill == "one":
@@ -40,7 +42,12 @@ def test_rle_writer_round_trips_odd_shapes(shape, fill):
 def test_oracle_ground_truth_masks_score_ap_one(coco_mini):
     coco = load_ground_truth(coco_mini / "annotations" / "instances_coco128seg.json")
     results = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0, "segmentation": encode_rle(coco.annToMask(a).astype(bool))}
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "score": 1.0,
+            "segmentation": encode_rle(coco.annToMask(a).astype(bool)),
+        }
         for a in coco.dataset["annotations"]
         if not a.get("iscrowd", 0)
     ]
@@ -54,7 +61,13 @@ def test_oracle_ground_truth_masks_score_ap_one(coco_mini):
 def test_pipeline_on_the_8_image_subset(coco_mini, parity_model_dir):
     from tinysam_edge import Predictor
 
-    report = run_coco_eval(Predictor(parity_model_dir), coco_mini / "images", coco_mini / "annotations" / COCO8, coco_mini / "detections" / DETS8, progress=False)
+    report = run_coco_eval(
+        Predictor(parity_model_dir),
+        coco_mini / "images",
+        coco_mini / "annotations" / COCO8,
+        coco_mini / "detections" / DETS8,
+        progress=False,
+    )
     assert report["images"] == 8 and report["detections"] == 30 and len(report["results"]) == 30
     assert set(report["stats"]) >= {"AP", "AP50", "AR100"} and all(-1.0 <= v <= 1.0 for v in report["stats"].values())
     assert len(report["summary"].splitlines()) == 12 and report["warnings"]["unknown_category"] == 0
@@ -63,12 +76,19 @@ def test_pipeline_on_the_8_image_subset(coco_mini, parity_model_dir):
 def test_fp32_vs_int8_compare_cli(coco_mini, parity_model_dir, int8_dir, tmp_path):
     out = tmp_path / "cmp.json"
     cmd = [sys.executable, "-m", "tinysam_edge", "eval", "compare", "--reference", str(parity_model_dir), "--candidate", str(int8_dir)]
-    cmd += ["--images", str(coco_mini / "images"), "--annotations", str(coco_mini / "annotations" / COCO8), "--detections", str(coco_mini / "detections" / DETS8)]
+    cmd += [
+        "--images",
+        str(coco_mini / "images"),
+        "--annotations",
+        str(coco_mini / "annotations" / COCO8),
+        "--detections",
+        str(coco_mini / "detections" / DETS8),
+    ]
     cmd += ["--limit", "3", "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert report["reference"]["images"] == report["candidate"]["images"] == 3
+    assert report["dataset"] == "coco" and report["reference"]["images"] == report["candidate"]["images"] == 3
     assert "| AP |" in result.stdout and report["candidate"]["seconds_per_image"] > 0
 
 
@@ -92,8 +112,7 @@ def test_bad_inputs(coco_mini, parity_model_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tinysam_edge", "eval", "coco", "--images", str(images), "--annotations", str(coco_mini / "annotations" / COCO8),
          "--detections", str(tmp_path / "bad.json"), "--model-dir", str(parity_model_dir), "--out", str(tmp_path / "r.json")],
-        capture_output=True, text=True, timeout=300,
+        check=False, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "is not valid JSON" in result.stderr
-

@@ -2,16 +2,17 @@
 
 import contextlib
 import io
-import json
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from tinysam_edge import load_image
-from tinysam_edge.errors import TinySamError
 from tinysam_edge.coco import load_ground_truth, read_json
+from tinysam_edge.errors import TinySamError
 from tinysam_edge.masks import MASK_THRESHOLD, encode_rle
 from tinysam_edge.predictor import PredictorBase
 
@@ -27,7 +28,9 @@ def _cocoeval():
     return COCOeval
 
 
-def check_detections(detections: object, image_files: dict[int, Path], categories: set[int], image_ids: list[int] | None = None) -> tuple[list[dict], dict]:
+def check_detections(
+    detections: object, image_files: dict[int, Path], categories: set[int], image_ids: list[int] | None = None
+) -> tuple[list[dict], dict]:
     """Validate COCO-format detections against the ground truth; returns the usable ones and counted warnings.
 
     Unknown image ids, missing image files, malformed entries and an empty list are errors (they
@@ -37,7 +40,9 @@ def check_detections(detections: object, image_files: dict[int, Path], categorie
         raise TinySamError("the detections file holds no detections (expected a non-empty COCO results list)")
     for i, det in enumerate(detections):
         if not isinstance(det, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(det) or len(det["bbox"]) != 4:
-            raise TinySamError(f"detection {i} is not a COCO result with image_id, category_id, bbox [x, y, w, h] and score: {str(det)[:120]}")
+            raise TinySamError(
+                f"detection {i} is not a COCO result with image_id, category_id, bbox [x, y, w, h] and score: {str(det)[:120]}"
+            )
     unknown = sorted({d["image_id"] for d in detections} - set(image_files))
     if unknown:
         raise TinySamError(f"{len(unknown)} image ids of the detections are not in the annotations (first: {unknown[:5]})")
@@ -50,7 +55,9 @@ def check_detections(detections: object, image_files: dict[int, Path], categorie
     return usable, warnings
 
 
-def segment_detections(predictor: PredictorBase, image_files: dict[int, Path], detections: list[dict], progress: bool = True) -> tuple[list[dict], dict]:
+def segment_detections(
+    predictor: PredictorBase, image_files: dict[int, Path], detections: list[dict], progress: bool = True
+) -> tuple[list[dict], dict]:
     """Box-prompt every detection, keep the best-IoU mask (tokens 1..3) as COCO RLE; drop the detector's bbox.
 
     Detections are grouped by image, so the encoder runs once per image whatever their order. Boxes
@@ -72,7 +79,9 @@ def segment_detections(predictor: PredictorBase, image_files: dict[int, Path], d
             low_res, _ = predictor.decode_batch(boxes=inside[start : start + BOX_BATCH], multimask_output=False)
             masks = predictor.upscale(low_res[:, 0]) > MASK_THRESHOLD
             for det, mask in zip(dets[start : start + BOX_BATCH], masks):
-                results.append({"image_id": image_id, "category_id": det["category_id"], "score": det["score"], "segmentation": encode_rle(mask)})
+                results.append(
+                    {"image_id": image_id, "category_id": det["category_id"], "score": det["score"], "segmentation": encode_rle(mask)}
+                )
     return results, {"clipped_boxes": clipped}
 
 
@@ -94,14 +103,64 @@ def evaluate_segm(coco, results: list[dict], image_ids: list[int]) -> tuple[dict
     return dict(zip(STAT_NAMES, (float(v) for v in evaluator.stats))), "\n".join(lines)
 
 
-def run_coco_eval(predictor: PredictorBase, images_dir: str | Path, annotations: str | Path, detections: str | Path, limit: int | None = None, progress: bool = True) -> dict:
-    """The whole COCO protocol: validate inputs, segment every detection, COCOeval; returns stats, summary and results."""
-    coco = load_ground_truth(annotations)
-    image_files = {i: Path(images_dir) / img["file_name"] for i, img in coco.imgs.items()}
+def top_per_image(detections: list[dict], keep: int) -> list[dict]:
+    """The ``keep`` best-scored detections of every image (stable on ties), in their original order otherwise."""
+    by_image = defaultdict(list)
+    for i, det in enumerate(detections):
+        by_image[det["image_id"]].append(i)
+    chosen = set()
+    for indices in by_image.values():
+        order = np.argsort([-float(detections[i]["score"]) for i in indices], kind="stable")[:keep]
+        chosen.update(indices[j] for j in order)
+    return [det for i, det in enumerate(detections) if i in chosen]
+
+
+@dataclass
+class Job:
+    """Validated inputs of one evaluation: evaluated image ids and their files, the usable detections, the scorer."""
+
+    image_files: dict[int, Path]
+    image_ids: list[int]
+    detections: list[dict]
+    warnings: dict
+    evaluate: Callable[[list[dict], list[int]], tuple[dict, str]]
+
+
+def prepare(
+    coco, image_files: dict[int, Path], detections: str | Path, evaluate: Callable, limit: int | None = None, per_image: int | None = None
+) -> Job:
+    """Read and check the detections against the ground truth ``coco`` before any model runs.
+
+    ``image_files`` maps every ground-truth image id to its file; ``limit`` keeps the first N ids;
+    ``per_image`` keeps only that many best-scored detections per image (the rest could not count);
+    ``evaluate(results, image_ids)`` returns the stats and a printable summary.
+    """
     image_ids = sorted(image_files)[:limit] if limit else sorted(image_files)
     dets, warnings = check_detections(read_json(detections, "detections"), image_files, set(coco.getCatIds()), image_ids)
     if not dets:
         raise TinySamError("no detection refers to the evaluated images with a known category")
-    results, seg_warnings = segment_detections(predictor, image_files, dets, progress)
-    stats, summary = evaluate_segm(coco, results, image_ids)
-    return {"stats": stats, "summary": summary, "images": len(image_ids), "detections": len(dets), "warnings": warnings | seg_warnings, "results": results}
+    if per_image is not None:
+        kept = top_per_image(dets, per_image)
+        warnings["beyond_top_per_image"] = len(dets) - len(kept)
+        dets = kept
+    return Job(image_files, image_ids, dets, warnings, evaluate)
+
+
+def run_job(predictor: PredictorBase, job: Job, progress: bool = True) -> dict:
+    """Box-prompt every detection of ``job`` and score the masks: stats, summary, counts, warnings and the results list."""
+    results, seg_warnings = segment_detections(predictor, job.image_files, job.detections, progress)
+    stats, summary = job.evaluate(results, job.image_ids)
+    report = {"stats": stats, "summary": summary, "images": len(job.image_ids), "detections": len(job.detections)}
+    return report | {"warnings": job.warnings | seg_warnings, "results": results}
+
+
+def prepare_coco(images_dir: str | Path, annotations: str | Path, detections: str | Path, limit: int | None = None) -> Job:
+    """The COCO protocol's inputs: ``file_name`` under ``images_dir``, every detection, COCOeval segm."""
+    coco = load_ground_truth(annotations)
+    image_files = {i: Path(images_dir) / img["file_name"] for i, img in coco.imgs.items()}
+    return prepare(coco, image_files, detections, lambda results, ids: evaluate_segm(coco, results, ids), limit)
+
+
+def run_coco_eval(predictor: PredictorBase, images_dir: str | Path, annotations: str | Path, detections: str | Path, limit: int | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """The whole COCO protocol: validate inputs, segment every detection, COCOeval; returns stats, summary and results."""
+    return run_job(predictor, prepare_coco(images_dir, annotations, detections, limit), progress)
