@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from tinysam_edge.models.training import read_config, train
 
 

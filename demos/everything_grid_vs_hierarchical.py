@@ -1,6 +1,6 @@
 """Everything mode, SAM's 32x32 grid next to TinySAM's hierarchical generator, with their timings.
 
-    python demos/everything_grid_vs_hierarchical.py IMAGE --model-dir DIR --out everything.png
+python demos/everything_grid_vs_hierarchical.py IMAGE --model-dir DIR --out everything.png
 """
 
 import argparse
@@ -39,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
         raise TinySamError(f"{args.out} exists; pass --overwrite to replace it")
     image = load_image(args.image)
     predictor = Predictor(args.model_dir, device=args.device)
-    thresholds = dict(pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh, points_per_batch=32)
+    thresholds = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh, "points_per_batch": 32}
     panels = []
-    for name, generator in (("grid 32x32", MaskGenerator(predictor, **thresholds)), ("hierarchical", HierarchicalMaskGenerator(predictor, **thresholds))):
+    for name, generator in (
+        ("grid 32x32", MaskGenerator(predictor, **thresholds)),
+        ("hierarchical", HierarchicalMaskGenerator(predictor, **thresholds)),
+    ):
         start = time.perf_counter()
         masks = generator.generate(image)
         seconds = time.perf_counter() - start

@@ -50,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     predictors = {"FP32": Predictor(args.fp32, device=args.device), "INT8": Predictor(args.int8, device=args.device)}
     h, w = image.shape[:2]
-    prompts = [dict(point_coords=np.array([[w / 2, h / 2]]), point_labels=np.array([1])), dict(box=np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4]))]
+    prompts = [
+        {"point_coords": np.array([[w / 2, h / 2]]), "point_labels": np.array([1])},
+        {"box": np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4])},
+    ]
     rows = [[], []]
     for name, predictor in predictors.items():
         start = time.perf_counter()
@@ -62,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
             click_ms = 1000 * (time.perf_counter() - start)
             caption = f"{name} ({predictor.precision_used} rest): set_image {encoder_ms:.0f} ms, click {click_ms:.0f} ms"
             print(f"{caption}, score {scores[0]:.3f}")
-            row.append(label(draw_overlay(image, masks[0], prompt.get("point_coords"), prompt.get("point_labels"), prompt.get("box"), float(scores[0])), caption))
+            row.append(
+                label(
+                    draw_overlay(
+                        image, masks[0], prompt.get("point_coords"), prompt.get("point_labels"), prompt.get("box"), float(scores[0])
+                    ),
+                    caption,
+                )
+            )
     save_image(args.out, np.concatenate([np.concatenate(row, axis=1) for row in rows]), overwrite=args.overwrite)
     print(f"side by side -> {args.out}")
     return 0

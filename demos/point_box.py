@@ -1,6 +1,6 @@
 """Point and box prompts on one image with the OpenVINO runtime: the three multimask outputs of a click, and a box.
 
-    python demos/point_box.py IMAGE --model-dir DIR --point 500,375 --box 70,240,1700,900 --out point_box.png
+python demos/point_box.py IMAGE --model-dir DIR --point 500,375 --box 70,240,1700,900 --out point_box.png
 """
 
 import argparse

@@ -1,52 +1,53 @@
-"""Soak test (not part of the default test run): loop a video for N frames and report memory at start and end.
+"""Soak run (not part of the default test run): the headless ``webcam`` loop on a looped video, with FPS, stage times and memory.
 
-    python demos/soak_webcam.py --model-dir DIR --video ../shared/data/video/sam2_bedroom.mp4 --frames 1000
+    python demos/soak_webcam.py --model-dir DIR --video ../shared/data/video/sam2_bedroom.mp4 --frames 300 [--precision bf16]
+
+It runs ``tinysam_edge.live.run`` (pipelined encoder, one persistent click, overlay drawn, nothing
+shown) and prints the resident memory after warm-up, every 100 frames and at the end.
 """
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from tinysam_edge import Predictor
+from tinysam_edge.cli.options import POSITIVE_INT, parse_point
+from tinysam_edge.errors import TinySamError
+from tinysam_edge.live import FrameSource, PersistentPrompts, run, summarize
+from tinysam_edge.predictor import Predictor
 
 
-def rss_mib() -> float:
-    """Resident memory of this process in MiB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+class LoopedClip(FrameSource):
+    """A video file that starts again from its first frame when it ends."""
+
+    def read(self) -> np.ndarray | None:
+        frame = super().read()
+        if frame is None:
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            frame = super().read()
+        return frame
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--video", required=True)
-    parser.add_argument("--frames", type=int, default=1000)
-    parser.add_argument("--point", default="480,270", help="persistent click X,Y")
+    parser.add_argument("--frames", type=POSITIVE_INT, default=300)
+    parser.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (default: f32)")
+    parser.add_argument("--point", type=parse_point, default=(480.0, 270.0, 1), help="persistent click X,Y (default: 480,270)")
     args = parser.parse_args()
-    predictor = Predictor(args.model_dir)
-    capture = cv2.VideoCapture(args.video)
-    if not capture.isOpened():
-        print(f"error: cannot open {args.video}", file=sys.stderr)
+    try:
+        predictor = Predictor(args.model_dir, precision=args.precision)
+        timings = run(predictor, LoopedClip(args.video), PersistentPrompts([args.point]), args.frames)
+    except TinySamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    point = np.array([[float(v) for v in args.point.split(",")]])
-    start, rss = time.perf_counter(), []
-    for i in range(args.frames):
-        ok, frame = capture.read()
-        if not ok:  # loop the clip
-            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, frame = capture.read()
-        predictor.set_image(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=False)
-        if i in (9, args.frames - 1) or (i + 1) % 100 == 0:
-            rss.append((i + 1, rss_mib()))
-            print(f"frame {i + 1}: RSS {rss[-1][1]:.0f} MiB, {(i + 1) / (time.perf_counter() - start):.2f} FPS")
-    print(f"RSS after warm-up (frame {rss[0][0]}): {rss[0][1]:.0f} MiB, at the end (frame {rss[-1][0]}): {rss[-1][1]:.0f} MiB")
+    for t in timings:
+        if t["frame"] in (9, len(timings) - 1) or (t["frame"] + 1) % 100 == 0:
+            print(f"frame {t['frame'] + 1}: RSS {t['rss_mib']:.0f} MiB")
+    steady = [t["rss_mib"] for t in timings[9:]] or [timings[-1]["rss_mib"]]
+    print(f"{predictor.precision_used}: {summarize(timings)}; RSS after warm-up {steady[0]:.0f} MiB, at the end {steady[-1]:.0f} MiB")
     return 0
 
 

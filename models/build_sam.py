@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tinysam_edge.errors import CheckpointError
+from tinysam_edge.errors import CheckpointError, error_cause
 from tinysam_edge.files import atomic_write
 from tinysam_edge.masks import FLAVOURS
 from tinysam_edge.weights import resolve_checkpoint
@@ -114,11 +114,13 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, t
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a PyTorch checkpoint; download or save it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # anything else is a damaged or foreign file
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (UnpicklingError: {str(exc).splitlines()[0]})") from exc
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({error_cause(exc)})") from exc
         if not trust_pickle:
             raise CheckpointError(
                 f"{path} holds pickled Python objects, not only tensors (the official tinysam_w8a8.pth is a whole "
@@ -127,7 +129,7 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, t
             ) from exc
         obj = _load_trusted_pickle(path)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({error_cause(exc)})") from exc
 
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()

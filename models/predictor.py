@@ -22,7 +22,9 @@ class TorchPredictor(PredictorBase):
         return self.model.image_encoder(torch.from_numpy(input_tensor).to(self.device)).cpu().numpy()
 
     @torch.inference_mode()
-    def _decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(
+        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         def to_torch(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(self.device)
 

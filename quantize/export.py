@@ -13,8 +13,19 @@ import torch
 from torch import nn
 
 from tinysam_edge import __version__
-from tinysam_edge.errors import ModelDirError, TinySamError
-from tinysam_edge.manifest import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, PROMPT_POINT_INPUTS, Manifest, VariantShape
+from tinysam_edge.decoder_graphs import prompt_shaped
+from tinysam_edge.errors import ModelDirError, TinySamError, error_cause
+from tinysam_edge.manifest import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    POINT_SLOTS,
+    PROMPT_POINT_INPUTS,
+    STATIC_BATCH,
+    Manifest,
+    VariantShape,
+)
 from tinysam_edge.models import build_sam
 from tinysam_edge.models.modeling import CachedMaskDecoder, Sam
 from tinysam_edge.models.modeling.cached_decoder import STATE_NAMES
@@ -125,11 +136,11 @@ def convert_cached_decoder(sam: Sam) -> tuple[ov.Model, ov.Model]:
     )
 
 
-def static_decoder(decoder: ov.Model, batch: int, points: int) -> ov.Model:
-    """A copy of the dynamic decoder reshaped to B=``batch`` prompts of N=``points`` slots (mask batch 1)."""
-    model = decoder.clone()
-    model.reshape({"image_embeddings": [1, 256, 64, 64], "point_coords": [batch, points, 2], "point_labels": [batch, points], "mask_input": [1, 1, 256, 256], "has_mask_input": [1]})
-    return model
+def check_static_shapes(point_slots: int, static_batch: int) -> None:
+    """Refuse static decoder shapes outside ``POINT_SLOTS`` / ``STATIC_BATCH`` (a 0 batch crashes OpenVINO devices)."""
+    for name, value, (low, high) in (("point_slots", point_slots, POINT_SLOTS), ("static_batch", static_batch, STATIC_BATCH)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
 
 
 def export_ir(
@@ -142,29 +153,37 @@ def export_ir(
     compress_to_fp16: bool = False,
     log=print,
 ) -> Manifest:
-    """Write encoder/decoder IRs (dynamic decoder for CPU, static ones for GPU/NPU) and manifest.json."""
+    """Write encoder/decoder IRs (dynamic decoder for CPU, static ones for GPU/NPU) and manifest.json.
+
+    ``point_slots`` (1..64) and ``static_batch`` (1..1024) shape the static decoders; conversion and
+    saving errors are ``TinySamError`` with OpenVINO's cause.
+    """
+    check_static_shapes(point_slots, static_batch)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sam = sam.eval()
-    start = time.perf_counter()
-    encoder = convert_encoder(sam)
-    log(f"converted encoder in {time.perf_counter() - start:.1f} s")
-    start = time.perf_counter()
-    decoder = convert_decoder(sam)
-    decoder_image, decoder_prompt = convert_cached_decoder(sam)
-    log(f"converted decoders in {time.perf_counter() - start:.1f} s")
-    models = {
-        "encoder": (encoder, None),
-        "decoder": (decoder, None),
-        "decoder_image": (decoder_image, None),
-        "decoder_prompt": (decoder_prompt, None),
-        "decoder_static": (static_decoder(decoder, 1, point_slots), VariantShape(1, point_slots)),
-        "decoder_static_batch": (static_decoder(decoder, static_batch, point_slots), VariantShape(static_batch, point_slots)),
-    }
-    files = {}
-    for name, (model, _) in models.items():
-        ov.save_model(model, out_dir / f"{name}.xml", compress_to_fp16=compress_to_fp16)
-        files[name] = f"{name}.xml"
+    try:
+        start = time.perf_counter()
+        encoder = convert_encoder(sam)
+        log(f"converted encoder in {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        decoder = convert_decoder(sam)
+        decoder_image, decoder_prompt = convert_cached_decoder(sam)
+        log(f"converted decoders in {time.perf_counter() - start:.1f} s")
+        models = {
+            "encoder": (encoder, None),
+            "decoder": (decoder, None),
+            "decoder_image": (decoder_image, None),
+            "decoder_prompt": (decoder_prompt, None),
+            "decoder_static": (prompt_shaped(decoder, 1, point_slots, masks=1), VariantShape(1, point_slots)),
+            "decoder_static_batch": (prompt_shaped(decoder, static_batch, point_slots, masks=1), VariantShape(static_batch, point_slots)),
+        }
+        files = {}
+        for name, (model, _) in models.items():
+            ov.save_model(model, out_dir / f"{name}.xml", compress_to_fp16=compress_to_fp16)
+            files[name] = f"{name}.xml"
+    except (RuntimeError, OSError) as exc:  # OpenVINO raises RuntimeError for conversion and IO failures
+        raise TinySamError(f"OpenVINO export into {out_dir} failed ({error_cause(exc)})") from exc
     manifest = Manifest(
         model="vit_t",
         flavour=sam.flavour,
@@ -192,6 +211,9 @@ def staged_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
         yield Path(tmp)
+        umask = os.umask(0)  # mkdtemp makes the folder 0700; give the result the user's usual mode
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -213,6 +235,7 @@ def export_checkpoint(
     ``overwrite``.
     """
     out_dir = Path(out_dir)
+    check_static_shapes(export_options.get("point_slots", DEFAULT_POINT_SLOTS), export_options.get("static_batch", DEFAULT_STATIC_BATCH))
     check_out_dir(out_dir, overwrite)  # before the slow part
     path, _ = resolve_checkpoint(checkpoint)
     sam = build_sam("vit_t", checkpoint=path, flavour=flavour, trust_pickle=trust_pickle)

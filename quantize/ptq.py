@@ -2,17 +2,19 @@
 
 import shutil
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nncf
-from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 import numpy as np
 import openvino as ov
+from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 from tqdm import tqdm
 
 from tinysam_edge import Predictor, load_image
-from tinysam_edge.errors import TinySamError
+from tinysam_edge.decoder_graphs import prompt_shaped
+from tinysam_edge.errors import TinySamError, error_cause
 from tinysam_edge.manifest import DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, Manifest
 from tinysam_edge.masks import select_masks
 from tinysam_edge.object_prompts import image_rng, model_objects, prompts_for_objects
@@ -128,25 +130,181 @@ def encoder_metric(decoder: ov.CompiledModel, flavour: str):
     return validate
 
 
-def _quantize(
+#: What NNCF and OpenVINO raise when a model, dataset or setting cannot be quantized.
+QUANTIZE_ERRORS = (
+    nncf.errors.ValidationError,
+    nncf.errors.InternalError,
+    nncf.errors.UnsupportedModelError,
+    nncf.errors.UnsupportedDatasetError,
+    RuntimeError,
+)
+
+
+def quantize_graph(
+    what: str,
     model: ov.Model,
     calibration: nncf.Dataset,
     subset_size: int,
     ignored: nncf.IgnoredScope | None,
-    validation=None,
+    validation: tuple | None = None,
     max_drop: float | None = None,
     max_iterations: int | None = None,
 ) -> ov.Model:
+    """W8A8 ``model`` (plain, or with accuracy control when ``max_drop`` is set); failures are ``TinySamError`` with NNCF's cause."""
     options = {"subset_size": subset_size, "model_type": nncf.ModelType.TRANSFORMER}
     if ignored is not None:
         options["ignored_scope"] = ignored
-    if max_drop is None:
-        return nncf.quantize(model, calibration, **options)
-    dataset, metric = validation
-    restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations or sys.maxsize)
-    return nncf.quantize_with_accuracy_control(
-        model, calibration, dataset, metric, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, advanced_accuracy_restorer_parameters=restorer, **options
+    try:
+        if max_drop is None:
+            return nncf.quantize(model, calibration, **options)
+        dataset, metric = validation
+        restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations or sys.maxsize)
+        return nncf.quantize_with_accuracy_control(
+            model,
+            calibration,
+            dataset,
+            metric,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            advanced_accuracy_restorer_parameters=restorer,
+            **options,
+        )
+    except QUANTIZE_ERRORS as exc:
+        raise TinySamError(f"NNCF could not quantize the {what} ({error_cause(exc)})") from exc
+
+
+def _check_count(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_options(
+    images: list[Path],
+    subset_size: int,
+    decoder: str,
+    max_drop: float | None,
+    held_out: int,
+    prompts_per_image: int,
+    max_iterations: int | None,
+) -> None:
+    """Refuse settings ``quantize_model_dir`` cannot honour, before any slow work."""
+    _check_count("subset_size", subset_size, 1)
+    _check_count("held_out", held_out, 0)
+    _check_count("prompts_per_image", prompts_per_image, 1)
+    if max_iterations is not None:
+        _check_count("max_iterations", max_iterations, 1)
+    if decoder not in ("fp", "int8"):
+        raise ValueError(f"decoder must be 'fp' or 'int8', got {decoder!r}")
+    if max_drop is not None and not (isinstance(max_drop, (int, float)) and not isinstance(max_drop, bool) and 0.0 <= max_drop <= 1.0):
+        raise ValueError(f"max_drop must be a number in 0..1 (a drop of mean IoU), got {max_drop!r}")
+    if max_drop is not None and held_out < 1:
+        raise ValueError("accuracy control needs held-out images (held_out >= 1)")
+    if held_out >= len(images):
+        raise ValueError(f"no calibration images left among {len(images)} after holding out {held_out}")
+
+
+@dataclass
+class QuantizationJob:
+    """One quantization run: the FP32 model dir, its image split and settings, and the FP32 reference pipeline."""
+
+    fp32_dir: Path
+    manifest: Manifest
+    calib: list[Path]
+    validation: list[Path]
+    subset_size: int
+    max_drop: float | None
+    prompts_per_image: int
+    max_iterations: int | None
+    log: Callable[[str], None]
+    core: ov.Core = field(default_factory=ov.Core)
+    reference: Predictor | None = None
+
+    def read(self, role: str) -> ov.Model:
+        """The FP32 ``ov.Model`` of a manifest role."""
+        return self.core.read_model(self.fp32_dir / self.manifest.files[role])
+
+
+def quantize_encoder(job: QuantizationJob, report: dict) -> tuple[ov.Model, list[DecoderSample] | None]:
+    """The W8A8 encoder and, with accuracy control, the held-out decoder samples on its embeddings (FP32 reference masks)."""
+    job.log(f"quantizing the encoder on {job.subset_size} images")
+    validation = None
+    if job.max_drop is not None:
+        by_image = collect_decoder_samples(job.reference, job.validation, job.prompts_per_image, "held-out prompts")
+        tensors = [_encoder_input(p)[ENCODER_INPUT] for p in job.validation]
+        decoder_fp = job.core.compile_model(job.read("decoder"), "CPU", F32)
+        validation = (
+            nncf.Dataset([EncoderSample(t, s) for t, s in zip(tensors, by_image)]),
+            encoder_metric(decoder_fp, job.manifest.flavour),
+        )
+    calibration = nncf.Dataset(job.calib, _encoder_input)
+    encoder = quantize_graph(
+        "encoder", job.read("encoder"), calibration, job.subset_size, None, validation, job.max_drop, job.max_iterations
     )
+    if validation is None:
+        return encoder, None
+    compiled = job.core.compile_model(encoder, "CPU", F32)
+    report["encoder_iou_vs_fp32"] = validation[1](compiled, validation[0].get_data())[0]
+    desc = "held-out prompts (INT8 embeddings)"
+    return encoder, _flat(collect_decoder_samples(job.reference, job.validation, job.prompts_per_image, desc, encoder=compiled))
+
+
+def quantize_decoder(job: QuantizationJob, report: dict, held: list[DecoderSample] | None) -> dict[str, ov.Model]:
+    """The W8A8 plain decoder and its static variants by role; none when the encoder used the whole accuracy budget."""
+    per_image = max(1, -(-job.subset_size // len(job.calib)))
+    decoder_images = job.calib[: -(-job.subset_size // per_image)]
+    samples = _flat(collect_decoder_samples(job.reference, decoder_images, per_image, "decoder calibration"))
+    subset = min(job.subset_size, len(samples))
+    job.log(f"quantizing the decoder on {subset} prompts")
+    validation, budget = None, job.max_drop
+    if job.max_drop is not None:
+        budget = job.max_drop - (1.0 - report["encoder_iou_vs_fp32"])
+        validation = (nncf.Dataset(held), decoder_metric(job.manifest.flavour))
+    if budget is not None and budget <= 0:
+        job.log("the encoder used the whole accuracy budget; keeping the decoder in full precision")
+        report["decoder"] = "fp"
+        return {}
+    calibration = nncf.Dataset([s.feeds for s in samples])
+    decoder = quantize_graph("decoder", job.read("decoder"), calibration, subset, DECODER_IGNORED, validation, budget, job.max_iterations)
+    models = {"decoder": decoder}
+    for role, shape in job.manifest.static_shapes.items():
+        models[role] = prompt_shaped(decoder, shape.batch, shape.points, masks=1)
+    return models
+
+
+def measure_drop(job: QuantizationJob, report: dict, models: dict[str, ov.Model], held: list[DecoderSample]) -> None:
+    """Record the end-to-end drop of mean best-mask IoU on the held-out prompts and whether it meets ``max_drop``."""
+    final_decoder = job.core.compile_model(models.get("decoder", job.read("decoder")), "CPU", F32)
+    iou = decoder_metric(job.manifest.flavour)(final_decoder, held)[0]
+    report.update(max_drop=job.max_drop, iou_vs_fp32=iou, drop=1.0 - iou, drop_met=1.0 - iou <= job.max_drop + 1e-9)
+    if not report["drop_met"]:
+        job.log(
+            f"could not keep the drop within {job.max_drop}: measured {1.0 - iou:.4f} (mean IoU {iou:.4f}); the closest model is written"
+        )
+
+
+def write_model_dir(job: QuantizationJob, models: dict[str, ov.Model], report: dict, out_dir: Path, overwrite: bool) -> None:
+    """Stage the quantized IRs (and copies of the untouched FP32 ones) with their manifest, then move them into ``out_dir``."""
+    manifest = job.manifest
+    with staged_dir(out_dir, overwrite) as tmp:
+        for role, xml in manifest.files.items():
+            if role in models:
+                try:
+                    ov.save_model(models[role], tmp / xml, compress_to_fp16=False)
+                except RuntimeError as exc:
+                    raise TinySamError(f"OpenVINO could not save the quantized {role} ({error_cause(exc)})") from exc
+            else:
+                for name in (xml, str(Path(xml).with_suffix(".bin"))):
+                    shutil.copy2(job.fp32_dir / name, tmp / name)
+        Manifest(
+            model=manifest.model,
+            flavour=manifest.flavour,
+            weights_precision="int8",
+            quantization=report,
+            source=manifest.source,
+            versions={**manifest.versions, "nncf": nncf.__version__, "openvino_quantized_with": ov.get_version()},
+            files=manifest.files,
+            static_shapes=manifest.static_shapes,
+        ).write(tmp)
 
 
 def quantize_model_dir(
@@ -160,94 +318,41 @@ def quantize_model_dir(
     prompts_per_image: int = 4,
     max_iterations: int | None = None,
     overwrite: bool = False,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Write an INT8 model dir next to the FP32 one's contract; returns what was done and measured.
 
     The encoder is always W8A8; the decoder stays as exported (``"fp"``) or is W8A8 too
-    (``"int8"``). With ``max_drop``, the last ``held_out`` images are kept out of calibration and
-    NNCF's accuracy control reverts layers (at most ``max_iterations`` per model) until mean
+    (``"int8"``). With ``max_drop`` (0..1), the last ``held_out`` images are kept out of calibration
+    and NNCF's accuracy control reverts layers (at most ``max_iterations`` per model) until mean
     best-mask IoU against FP32 drops by at most ``max_drop`` end to end (the decoder gets what
-    the encoder left of the budget).
+    the encoder left of the budget). Bad settings raise ``ValueError`` before any slow work.
     """
     fp32_dir, out_dir = Path(fp32_dir), Path(out_dir)
-    if decoder not in ("fp", "int8"):
-        raise ValueError(f"decoder must be 'fp' or 'int8', got {decoder!r}")
+    check_options(images, subset_size, decoder, max_drop, held_out, prompts_per_image, max_iterations)
     check_out_dir(out_dir, overwrite)  # before the slow part
     manifest = Manifest.read(fp32_dir)
     if manifest.quantization is not None:
         raise TinySamError(f"{fp32_dir} is already quantized; start from an FP32 model dir")
-    if max_drop is not None and held_out < 1:
-        raise ValueError("accuracy control needs held-out images (held_out >= 1)")
     calib, validation = (images[:-held_out], images[-held_out:]) if held_out else (images, [])
-    if not calib:
-        raise ValueError(f"no calibration images left after holding out {held_out}")
-    subset_size = min(subset_size, len(calib))
-    core = ov.Core()
-    reference = Predictor(fp32_dir)
-    report: dict = {"encoder": "int8", "decoder": decoder, "calibration_images": len(calib), "held_out_images": len(validation), "subset_size": subset_size}
-
-    log(f"quantizing the encoder on {subset_size} images")
-    encoder_fp = core.read_model(fp32_dir / manifest.files["encoder"])
-    encoder_validation = held = None
-    if max_drop is not None:
-        by_image = collect_decoder_samples(reference, validation, prompts_per_image, "held-out prompts")
-        tensors = [_encoder_input(p)[ENCODER_INPUT] for p in validation]
-        decoder_fp = core.compile_model(fp32_dir / manifest.files["decoder"], "CPU", F32)
-        encoder_validation = (nncf.Dataset([EncoderSample(t, s) for t, s in zip(tensors, by_image)]), encoder_metric(decoder_fp, manifest.flavour))
-    encoder_int8 = _quantize(encoder_fp, nncf.Dataset(calib, _encoder_input), subset_size, None, encoder_validation, max_drop, max_iterations)
-    if encoder_validation is not None:
-        int8_encoder = core.compile_model(encoder_int8, "CPU", F32)
-        report["encoder_iou_vs_fp32"] = encoder_validation[1](int8_encoder, encoder_validation[0].get_data())[0]
-        # held-out prompts on INT8 embeddings with FP32 reference masks: judge the decoder and the final drop
-        held = _flat(collect_decoder_samples(reference, validation, prompts_per_image, "held-out prompts (INT8 embeddings)", encoder=int8_encoder))
-
-    models = {"encoder": encoder_int8}
+    job = QuantizationJob(
+        fp32_dir, manifest, calib, validation, min(subset_size, len(calib)), max_drop, prompts_per_image, max_iterations, log
+    )
+    job.reference = Predictor(fp32_dir)
+    report: dict = {
+        "encoder": "int8",
+        "decoder": decoder,
+        "calibration_images": len(calib),
+        "held_out_images": len(validation),
+        "subset_size": job.subset_size,
+    }
+    encoder, held = quantize_encoder(job, report)
+    models = {"encoder": encoder}
     if decoder == "int8":
-        per_image = max(1, -(-subset_size // len(calib)))
-        decoder_images = calib[: -(-subset_size // per_image)]
-        calib_samples = _flat(collect_decoder_samples(reference, decoder_images, per_image, "decoder calibration"))
-        log(f"quantizing the decoder on {min(subset_size, len(calib_samples))} prompts")
-        decoder_validation, budget = None, max_drop
-        if max_drop is not None:
-            budget = max_drop - (1.0 - report["encoder_iou_vs_fp32"])
-            decoder_validation = (nncf.Dataset(held), decoder_metric(manifest.flavour))
-        if budget is not None and budget <= 0:
-            log("the encoder used the whole accuracy budget; keeping the decoder in full precision")
-            report["decoder"] = "fp"
-        else:
-            decoder_fp_model = core.read_model(fp32_dir / manifest.files["decoder"])
-            calibration = nncf.Dataset([s.feeds for s in calib_samples])
-            decoder_int8 = _quantize(decoder_fp_model, calibration, min(subset_size, len(calib_samples)), DECODER_IGNORED, decoder_validation, budget, max_iterations)
-            models["decoder"] = decoder_int8
-            for role, shape in manifest.static_shapes.items():
-                static = decoder_int8.clone()
-                static.reshape({"point_coords": [shape.batch, shape.points, 2], "point_labels": [shape.batch, shape.points], "mask_input": [1, 1, LOW_RES_SIZE, LOW_RES_SIZE]})
-                models[role] = static
+        models |= quantize_decoder(job, report, held)
     if max_drop is not None:
-        final_decoder = core.compile_model(models.get("decoder", core.read_model(fp32_dir / manifest.files["decoder"])), "CPU", F32)
-        iou = decoder_metric(manifest.flavour)(final_decoder, held)[0]
-        report.update(max_drop=max_drop, iou_vs_fp32=iou, drop=1.0 - iou, drop_met=1.0 - iou <= max_drop + 1e-9)
-        if not report["drop_met"]:
-            log(f"could not keep the drop within {max_drop}: measured {1.0 - iou:.4f} (mean IoU {iou:.4f}); the closest model is written")
-
+        measure_drop(job, report, models, held)
     report["method"] = "nncf.quantize" if max_drop is None else "nncf.quantize_with_accuracy_control"
     report.update(model_type="TRANSFORMER", nncf=nncf.__version__, source_model_dir=str(fp32_dir))
-    with staged_dir(out_dir, overwrite) as tmp:
-        for role, xml in manifest.files.items():
-            if role in models:
-                ov.save_model(models[role], tmp / xml, compress_to_fp16=False)
-            else:
-                for name in (xml, str(Path(xml).with_suffix(".bin"))):
-                    shutil.copy2(fp32_dir / name, tmp / name)
-        Manifest(
-            model=manifest.model,
-            flavour=manifest.flavour,
-            weights_precision="int8",
-            quantization=report,
-            source=manifest.source,
-            versions={**manifest.versions, "nncf": nncf.__version__, "openvino_quantized_with": ov.get_version()},
-            files=manifest.files,
-            static_shapes=manifest.static_shapes,
-        ).write(tmp)
+    write_model_dir(job, models, report, out_dir, overwrite)
     return report

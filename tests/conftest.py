@@ -76,8 +76,8 @@ def parity_model_dir(parity_dir, tmp_path_factory) -> Path:
 def int8_dir(parity_model_dir, tmp_path_factory) -> Path:
     """The parity model dir quantized (encoder and decoder W8A8) on three coco_mini images."""
     pytest.importorskip("nncf")
-    from tinysam_edge.quantize.ptq import quantize_model_dir
     from tinysam_edge.image import list_images
+    from tinysam_edge.quantize.ptq import quantize_model_dir
 
     images = list_images(require(DATA / "coco_mini" / "images"))[:3]
     out = tmp_path_factory.mktemp("int8") / "model"

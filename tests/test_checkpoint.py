@@ -5,8 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tinysam_edge.errors import CheckpointError, WeightsError  # noqa: E402
-from tinysam_edge.models import TorchPredictor, build_sam, read_state_dict, save_checkpoint  # noqa: E402
+from tinysam_edge.errors import CheckpointError, WeightsError
+from tinysam_edge.models import TorchPredictor, build_sam, read_state_dict, save_checkpoint
 
 
 def _same_weights(a, b) -> bool:
@@ -97,6 +97,15 @@ def test_corrupt_and_foreign_files(tmp_path):
     torch.save([torch.zeros(2)], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="does not hold a state_dict"):
         read_state_dict(tmp_path / "list.pth")
+
+
+def test_empty_and_truncated_files_are_one_checkpoint_error(random_checkpoint, tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty \(0 bytes\)"):
+        build_sam("vit_t", checkpoint=tmp_path / "empty.pth")
+    (tmp_path / "cut.pth").write_bytes(random_checkpoint.read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        build_sam("auto", checkpoint=tmp_path / "cut.pth")
 
 
 def test_unknown_checkpoint_name_or_missing_file(tmp_path):

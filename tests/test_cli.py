@@ -10,7 +10,7 @@ import pytest
 
 
 def run_cli(*args: str, env_home=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinysam_edge", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "tinysam_edge", *map(str, args)], check=False, capture_output=True, text=True, timeout=300)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -69,8 +69,13 @@ def test_segment_openvino_is_the_default(image_file, random_model_dir, tmp_path)
     info = json.loads(result.stdout)
     assert info["backend"] == "OpenVINO on CPU, f32" and set(info["timings_ms"]) == {"preprocess", "encoder", "decoder", "postprocess"}
     assert cv2.imread(str(out)).shape == (120, 160, 3)
-    assert_user_error(run_cli("segment", image_file, "--model-dir", tmp_path, "--point", "1,1", "--out", tmp_path / "x.png"), "no manifest.json")
-    assert_user_error(run_cli("segment", image_file, "--model-dir", random_model_dir, "--device", "NPU", "--point", "1,1", "--out", tmp_path / "x.png"), "not available")
+    assert_user_error(
+        run_cli("segment", image_file, "--model-dir", tmp_path, "--point", "1,1", "--out", tmp_path / "x.png"), "no manifest.json"
+    )
+    assert_user_error(
+        run_cli("segment", image_file, "--model-dir", random_model_dir, "--device", "NPU", "--point", "1,1", "--out", tmp_path / "x.png"),
+        "not available",
+    )
 
 
 def test_export_then_reuse_from_cache(image_file, random_checkpoint, tmp_path):
@@ -92,4 +97,6 @@ def test_demo_writes_overlays_and_timings(image_file, random_model_dir, tmp_path
     assert result.returncode == 0, result.stderr
     assert "OpenVINO on CPU, f32" in result.stdout and "encoder" in result.stdout and "decoder" in result.stdout
     assert all(cv2.imread(str(tmp_path / "demo" / name)).shape == (120, 160, 3) for name in ("demo_point.png", "demo_box.png"))
-    assert_user_error(run_cli("demo", image_file, "--model-dir", random_model_dir, "--out-dir", tmp_path / "demo"), "exists; pass --overwrite")
+    assert_user_error(
+        run_cli("demo", image_file, "--model-dir", random_model_dir, "--out-dir", tmp_path / "demo"), "exists; pass --overwrite"
+    )

@@ -10,11 +10,10 @@ import pytest
 mask_utils = pytest.importorskip("pycocotools.mask")
 
 from conftest import DATA, require
-from tinysam_edge.quantize.evaluation.coco import check_detections, evaluate_segm, run_coco_eval
-
 from tinysam_edge.coco import load_ground_truth
 from tinysam_edge.errors import TinySamError
 from tinysam_edge.masks import encode_rle
+from tinysam_edge.quantize.evaluation.coco import check_detections, evaluate_segm, run_coco_eval
 
 COCO8 = "instances_coco8seg.json"
 DETS8 = "gt_derived_jittered_bbox_results_coco8seg.json"

@@ -13,11 +13,10 @@ import pytest
 ov = pytest.importorskip("openvino")
 mask_utils = pytest.importorskip("pycocotools.mask")
 
-from conftest import SHARED, require  # noqa: E402
-
-from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor, load_image  # noqa: E402
-from tinysam_edge.amg import box_nms, build_point_grid  # noqa: E402
-from tinysam_edge.mask_generator import UPSCALE_BUDGET_PIXELS  # noqa: E402
+from conftest import SHARED, require
+from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor, load_image
+from tinysam_edge.amg import box_nms, build_point_grid
+from tinysam_edge.mask_generator import UPSCALE_BUDGET_PIXELS
 
 EVERYTHING = SHARED / "fixtures" / "everything"
 STAGE_KEYS = ("stage1_kept", "stage2_candidate_points", "stage2_covered_skipped", "stage2_prompts_decoded", "stage2_kept", "before_nms")
@@ -43,7 +42,12 @@ def _match(got: list[dict], ref: list[dict]) -> None:
     assert len(got) == len(ref)
     unused = list(range(len(ref)))
     for g in got:
-        candidates = [i for i in unused if np.allclose(ref[i]["point_coords"], g["point_coords"], atol=1e-6) and abs(ref[i]["predicted_iou"] - g["predicted_iou"]) < 1e-3]
+        candidates = [
+            i
+            for i in unused
+            if np.allclose(ref[i]["point_coords"], g["point_coords"], atol=1e-6)
+            and abs(ref[i]["predicted_iou"] - g["predicted_iou"]) < 1e-3
+        ]
         best = max(candidates, key=lambda i: _iou(_decode(ref[i]["segmentation"]), _decode(g["segmentation"])))
         assert _iou(_decode(ref[best]["segmentation"]), _decode(g["segmentation"])) >= 0.99
         assert abs(ref[best]["stability_score"] - g["stability_score"]) < 1e-3
@@ -58,7 +62,8 @@ def parity_predictor(parity_model_dir):
 def test_hierarchical_matches_the_official_generator(parity_predictor, parity_dir):
     """With NMS off the output is the official pre-NMS set; NMS on it gives the official final list."""
     stages = json.loads((EVERYTHING / "stages.json").read_text())
-    pre_nms = json.load(gzip.open(EVERYTHING / "pre_nms.json.gz", "rt"))
+    with gzip.open(EVERYTHING / "pre_nms.json.gz", "rt") as f:
+        pre_nms = json.load(f)
     final = json.loads((EVERYTHING / "masks.json").read_text())
     generator = HierarchicalMaskGenerator(parity_predictor, **_fixture_arguments(box_nms_thresh=1.0))
     masks = generator.generate(load_image(parity_dir / "image.png"))
@@ -124,7 +129,14 @@ def test_grid_matches_a_straight_port(parity_predictor, parity_dir):
     args = _fixture_arguments(points_per_side=8, box_nms_thresh=1.0, output_mode="binary_mask")
     args.pop("high_score_thresh")
     masks = MaskGenerator(parity_predictor, **args).generate(image)
-    reference = _straight_grid_port(TorchPredictor(build_sam(checkpoint=parity_dir / "weights.pt")), image, 8, args["pred_iou_thresh"], args["stability_score_thresh"], 1.0)
+    reference = _straight_grid_port(
+        TorchPredictor(build_sam(checkpoint=parity_dir / "weights.pt")),
+        image,
+        8,
+        args["pred_iou_thresh"],
+        args["stability_score_thresh"],
+        1.0,
+    )
     assert len(masks) == len(reference) > 5
     for m, r in zip(masks, reference):
         assert abs(m["predicted_iou"] - r[1]) < 1e-3 and _iou(m["segmentation"], r[0]) >= 0.99
@@ -141,7 +153,9 @@ def _image(h: int, w: int) -> np.ndarray:
 
 
 def test_second_stage_fully_covered_returns_stage_one(small_predictor):
-    generator = HierarchicalMaskGenerator(small_predictor, points_per_side=16, pred_iou_thresh=0, stability_score_thresh=0, high_score_thresh=-1e9, box_nms_thresh=1.0)
+    generator = HierarchicalMaskGenerator(
+        small_predictor, points_per_side=16, pred_iou_thresh=0, stability_score_thresh=0, high_score_thresh=-1e9, box_nms_thresh=1.0
+    )
     masks = generator.generate(_image(120, 160))
     assert generator.stats["stage2_covered"] == generator.stats["stage2_candidates"] > 0
     assert "stage2" not in generator.stats and len(masks) == generator.stats["stage1"]["kept"] == 48
@@ -170,7 +184,9 @@ def test_large_image_memory_is_bounded(small_predictor, monkeypatch):
     calls = []
     upscale = small_predictor.upscale
     monkeypatch.setattr(small_predictor, "upscale", lambda low: calls.append(len(low)) or upscale(low))
-    generator = MaskGenerator(small_predictor, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, output_mode="coco_rle")
+    generator = MaskGenerator(
+        small_predictor, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, output_mode="coco_rle"
+    )
     image = _image(h, w)
     tracemalloc.start()
     masks = generator.generate(image)
@@ -186,7 +202,9 @@ def test_output_modes_round_trip_through_pycocotools(small_predictor):
     image = _image(90, 130)
     outputs = {}
     for mode in ("binary_mask", "uncompressed_rle", "coco_rle"):
-        outputs[mode] = MaskGenerator(small_predictor, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, output_mode=mode).generate(image)
+        outputs[mode] = MaskGenerator(
+            small_predictor, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0, output_mode=mode
+        ).generate(image)
     assert len({len(v) for v in outputs.values()}) == 1 and outputs["binary_mask"]
     for binary, raw, coco in zip(outputs["binary_mask"], outputs["uncompressed_rle"], outputs["coco_rle"]):
         mask = binary["segmentation"]
@@ -200,7 +218,9 @@ def test_output_modes_round_trip_through_pycocotools(small_predictor):
 
 
 def test_small_region_removal(small_predictor):
-    masks = MaskGenerator(small_predictor, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, min_mask_region_area=50).generate(_image(90, 130))
+    masks = MaskGenerator(
+        small_predictor, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, min_mask_region_area=50
+    ).generate(_image(90, 130))
     for m in masks:
         import cv2
 
@@ -216,7 +236,7 @@ def test_everything_cli(random_model_dir, tmp_path):
     out = tmp_path / "everything"
     cmd = [sys.executable, "-m", "tinysam_edge", "everything", str(image), "--model-dir", str(random_model_dir), "--out", str(out)]
     cmd += ["--points-per-side", "8", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     records = json.loads((out / "masks.json").read_text())
     assert records and all(_decode(r["segmentation"]).shape == (80, 100) for r in records)
@@ -229,7 +249,7 @@ def test_iou_first_and_whole_batches_keep_the_same_masks(parity_model_dir, parit
     """Whichever way a batch is decoded (scores then survivors, or whole), the kept masks are the same."""
     predictor = Predictor(parity_model_dir)
     image = load_image(parity_dir / "image.png")[::4, ::4]
-    options = dict(points_per_side=8, points_per_batch=16, stability_score_thresh=0, box_nms_thresh=1.0)
+    options = {"points_per_side": 8, "points_per_batch": 16, "stability_score_thresh": 0, "box_nms_thresh": 1.0}
     reference = MaskGenerator(predictor, pred_iou_thresh=0, **options).generate(image)
     threshold = float(np.quantile([r["predicted_iou"] for r in reference], 0.75))  # a quarter of the masks survive
     expected = [r for r in reference if r["predicted_iou"] > threshold]

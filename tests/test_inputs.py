@@ -68,26 +68,26 @@ def test_save_image_never_overwrites_by_default(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(point_coords=[[10, 10]]), "together"),
-        (dict(point_coords=[[np.nan, 10]], point_labels=[1]), "NaN"),
-        (dict(point_coords=[[np.inf, 10]], point_labels=[1]), "NaN or infinite"),
-        (dict(point_coords=[[250, 10]], point_labels=[1]), "outside the 200x100 image"),
-        (dict(point_coords=[[-0.5, 10]], point_labels=[1]), "outside"),
-        (dict(point_coords=[10, 10], point_labels=[1]), r"shape \(N, 2\)"),
-        (dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)), "N >= 1"),
-        (dict(point_coords=[[10, 10]], point_labels=[1, 0]), "point_labels must have shape"),
-        (dict(point_coords=[[10, 10]], point_labels=[2]), "1 \\(positive\\) or 0"),
-        (dict(point_coords=[["a", "b"]], point_labels=[1]), "numeric"),
-        (dict(box=[10, 10, 5, 20]), "x0 <= x1"),
-        (dict(box=[10, 10, 20]), r"shape \(4,\)"),
-        (dict(box=[10, 10, 20, 101]), "outside"),
-        (dict(mask_input=np.zeros((64, 64))), "mask_input"),
-        (dict(mask_input=np.full((1, 256, 256), np.nan)), "NaN"),
-        (dict(), "at least one prompt"),
+        ({"point_coords": [[10, 10]]}, "together"),
+        ({"point_coords": [[np.nan, 10]], "point_labels": [1]}, "NaN"),
+        ({"point_coords": [[np.inf, 10]], "point_labels": [1]}, "NaN or infinite"),
+        ({"point_coords": [[250, 10]], "point_labels": [1]}, "outside the 200x100 image"),
+        ({"point_coords": [[-0.5, 10]], "point_labels": [1]}, "outside"),
+        ({"point_coords": [10, 10], "point_labels": [1]}, r"shape \(N, 2\)"),
+        ({"point_coords": np.zeros((0, 2)), "point_labels": np.zeros(0)}, "N >= 1"),
+        ({"point_coords": [[10, 10]], "point_labels": [1, 0]}, "point_labels must have shape"),
+        ({"point_coords": [[10, 10]], "point_labels": [2]}, "1 \\(positive\\) or 0"),
+        ({"point_coords": [["a", "b"]], "point_labels": [1]}, "numeric"),
+        ({"box": [10, 10, 5, 20]}, "x0 <= x1"),
+        ({"box": [10, 10, 20]}, r"shape \(4,\)"),
+        ({"box": [10, 10, 20, 101]}, "outside"),
+        ({"mask_input": np.zeros((64, 64))}, "mask_input"),
+        ({"mask_input": np.full((1, 256, 256), np.nan)}, "NaN"),
+        ({}, "at least one prompt"),
     ],
 )
 def test_bad_prompts(kwargs, message):
-    full = dict(point_coords=None, point_labels=None, box=None, mask_input=None) | kwargs
+    full = {"point_coords": None, "point_labels": None, "box": None, "mask_input": None} | kwargs
     with pytest.raises(ValueError, match=message):
         check_prompts(**full, original_size=SIZE)
 
@@ -101,17 +101,20 @@ def test_edges_are_inside():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(point_coords=np.zeros((2, 2)), point_labels=np.zeros(2)), r"shape \(B, N, 2\)"),
-        (dict(point_coords=np.zeros((2, 3, 2)), point_labels=np.zeros((2, 2))), "must have shape"),
-        (dict(point_coords=np.zeros((2, 1, 2)), point_labels=np.full((2, 1), 3)), "-1 \\(padding\\)"),
-        (dict(boxes=np.zeros(4)), r"shape \(B, 4\)"),
-        (dict(point_coords=np.zeros((2, 1, 2)), point_labels=np.ones((2, 1)), boxes=np.zeros((3, 4))), "2 prompt sets but boxes has 3"),
-        (dict(point_coords=np.full((1, 1, 2), 500.0), point_labels=np.ones((1, 1))), "outside"),
-        (dict(), "give point_coords"),
+        ({"point_coords": np.zeros((2, 2)), "point_labels": np.zeros(2)}, r"shape \(B, N, 2\)"),
+        ({"point_coords": np.zeros((2, 3, 2)), "point_labels": np.zeros((2, 2))}, "must have shape"),
+        ({"point_coords": np.zeros((2, 1, 2)), "point_labels": np.full((2, 1), 3)}, "-1 \\(padding\\)"),
+        ({"boxes": np.zeros(4)}, r"shape \(B, 4\)"),
+        (
+            {"point_coords": np.zeros((2, 1, 2)), "point_labels": np.ones((2, 1)), "boxes": np.zeros((3, 4))},
+            "2 prompt sets but boxes has 3",
+        ),
+        ({"point_coords": np.full((1, 1, 2), 500.0), "point_labels": np.ones((1, 1))}, "outside"),
+        ({}, "give point_coords"),
     ],
 )
 def test_bad_batch_prompts(kwargs, message):
-    full = dict(point_coords=None, point_labels=None, boxes=None) | kwargs
+    full = {"point_coords": None, "point_labels": None, "boxes": None} | kwargs
     with pytest.raises(ValueError, match=message):
         check_batch_prompts(**full, original_size=SIZE)
 
@@ -152,3 +155,26 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with atomic_write(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
+
+
+def test_check_writable_probes_before_any_work(tmp_path, monkeypatch):
+    from tinysam_edge.files import check_writable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    for fine in (".", "..", "new/folder/out.png", "out.png", tmp_path / "out.png"):
+        check_writable(fine)
+    with pytest.raises(TinySamError, match="cannot write afile/out.png: afile is not a folder"):
+        check_writable("afile/out.png")
+    with pytest.raises(TinySamError, match="File name too long"):
+        check_writable("x" * 252 + ".png")  # a legal name whose temp file name is not
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # the probe leaves nothing, creates no folder
+
+
+def test_error_cause_skips_openvino_source_locations():
+    from tinysam_edge.errors import error_cause
+
+    message = "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'is_valid(size)' failed at src/core/xml_util.cpp:900:\nIncorrect weights in bin file!\n\n"
+    assert error_cause(RuntimeError(message)) == "Incorrect weights in bin file!"
+    assert error_cause(IndexError()) == "IndexError"
+    assert error_cause(ValueError("a\nb")) == "a b"

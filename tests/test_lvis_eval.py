@@ -14,11 +14,10 @@ import pytest
 mask_utils = pytest.importorskip("pycocotools.mask")
 
 from conftest import DATA, require
-from tinysam_edge.quantize.evaluation.coco import top_per_image
-from tinysam_edge.quantize.evaluation.lvis import STAT_NAMES, evaluate_lvis, load_lvis, lvis_image_files, run_lvis_eval
-
 from tinysam_edge.errors import TinySamError
 from tinysam_edge.masks import encode_rle
+from tinysam_edge.quantize.evaluation.coco import top_per_image
+from tinysam_edge.quantize.evaluation.lvis import STAT_NAMES, evaluate_lvis, load_lvis, lvis_image_files, run_lvis_eval
 
 IMAGES = 64  # of coco_mini's 128, enough for every rule and quick to rasterise
 CROWDED = 5  # index of the image that gets more than 300 detections

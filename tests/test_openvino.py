@@ -12,10 +12,10 @@ import pytest
 ov = pytest.importorskip("openvino")
 torch = pytest.importorskip("torch")
 
-from tinysam_edge import Predictor, load_image  # noqa: E402
-from tinysam_edge.errors import DeviceError, ModelDirError  # noqa: E402
-from tinysam_edge.manifest import MANIFEST_FILE, Manifest  # noqa: E402
-from tinysam_edge.models import TorchPredictor, build_sam  # noqa: E402
+from tinysam_edge import Predictor, load_image
+from tinysam_edge.errors import DeviceError, ModelDirError
+from tinysam_edge.manifest import MANIFEST_FILE, Manifest
+from tinysam_edge.models import TorchPredictor, build_sam
 
 MAX_MASK_MISMATCH = 3e-3  # fixture README: pixels whose logit sits within float noise of 0
 
@@ -71,11 +71,11 @@ def test_parity_fixture_every_case(parity_dir, parity_model_dir):
 @pytest.mark.parametrize(
     "prompt",
     [
-        dict(point_coords=[[100, 120]], point_labels=[1]),
-        dict(point_coords=[[100, 120], [300, 40]], point_labels=[1, 0]),
-        dict(point_coords=[[100, 120], [300, 40], [10, 290], [400, 200], [210, 150]], point_labels=[1, 0, 1, 0, 1]),
-        dict(box=[50, 60, 380, 250]),
-        dict(point_coords=[[100, 120]], point_labels=[0], box=[50, 60, 380, 250]),
+        {"point_coords": [[100, 120]], "point_labels": [1]},
+        {"point_coords": [[100, 120], [300, 40]], "point_labels": [1, 0]},
+        {"point_coords": [[100, 120], [300, 40], [10, 290], [400, 200], [210, 150]], "point_labels": [1, 0, 1, 0, 1]},
+        {"box": [50, 60, 380, 250]},
+        {"point_coords": [[100, 120]], "point_labels": [0], "box": [50, 60, 380, 250]},
     ],
     ids=["1 point", "2 points", "5 points", "box", "box + point"],
 )
@@ -105,7 +105,7 @@ def test_mask_input_and_boxes_batch(dynamic, random_model, image):
     torch_pred = TorchPredictor(random_model)
     torch_pred.set_image(image)
     _, _, low = torch_pred.predict(np.array([[200, 150]]), np.array([1]))
-    prompt = dict(point_coords=np.array([[200, 150]]), point_labels=np.array([1]), mask_input=low[:1])
+    prompt = {"point_coords": np.array([[200, 150]]), "point_labels": np.array([1]), "mask_input": low[:1]}
     np.testing.assert_allclose(dynamic.predict(**prompt)[2], torch_pred.predict(**prompt)[2], rtol=0, atol=1e-3)
     boxes = np.array([[10, 10, 200, 200], [100, 50, 400, 290]])
     b_low, _ = dynamic.decode_batch(boxes=boxes, multimask_output=False)
@@ -173,6 +173,45 @@ def test_bad_model_dirs(random_model_dir, tmp_path):
         Predictor(garbled)
 
 
+@pytest.mark.parametrize(
+    ("precision", "quantization", "match"), [("int4", None, "weights_precision 'int4'"), ("int8", None, "inconsistent")]
+)
+def test_manifest_weights_precision_is_checked(random_model_dir, tmp_path, precision, quantization, match):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    for path in random_model_dir.iterdir():
+        (model_dir / path.name).symlink_to(path)
+    (model_dir / MANIFEST_FILE).unlink()
+    data = json.loads((random_model_dir / MANIFEST_FILE).read_text()) | {"weights_precision": precision, "quantization": quantization}
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelDirError, match=match):
+        Manifest.read(model_dir)
+
+
+@pytest.mark.parametrize("options", [{"static_batch": 0}, {"point_slots": 0}, {"point_slots": -1}, {"static_batch": 1025}])
+def test_export_refuses_unusable_static_shapes(random_model, random_checkpoint, tmp_path, options):
+    from tinysam_edge.quantize.export import export_checkpoint, export_ir
+
+    name = next(iter(options))
+    with pytest.raises(ValueError, match=name):
+        export_ir(random_model, tmp_path / "ir", "random.pth", "0" * 64, log=lambda *_: None, **options)
+    with pytest.raises(ValueError, match=name):
+        export_checkpoint(random_checkpoint, tmp_path / "ir2", log=lambda *_: None, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prompt_shaped_copies_the_decoder_with_static_prompts(random_model_dir):
+    from tinysam_edge.decoder_graphs import prompt_shaped
+
+    decoder = ov.Core().read_model(random_model_dir / "decoder.xml")
+    static = prompt_shaped(decoder, 3, 5, masks=1)
+    shapes = {port.get_any_name(): list(port.get_partial_shape().to_shape()) for port in static.inputs}
+    assert shapes["point_coords"] == [3, 5, 2] and shapes["point_labels"] == [3, 5] and shapes["mask_input"] == [1, 1, 256, 256]
+    assert not decoder.input("point_coords").get_partial_shape().is_static  # the source graph keeps its dynamic shapes
+    with pytest.raises(ValueError, match="at least one prompt"):
+        prompt_shaped(decoder, 0, 5, masks=1)
+
+
 def test_manifest_records_the_contract(random_model_dir):
     manifest = Manifest.read(random_model_dir)
     data = json.loads((random_model_dir / MANIFEST_FILE).read_text())
@@ -202,5 +241,5 @@ def test_runtime_runs_with_torch_and_nncf_blocked(random_model_dir):
         print("ok")
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -8,9 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tinysam_edge import load_image  # noqa: E402
-from tinysam_edge.models import TorchPredictor, build_sam  # noqa: E402
-from tinysam_edge.transforms import resize_longest_side  # noqa: E402
+from tinysam_edge import load_image
+from tinysam_edge.models import TorchPredictor, build_sam
+from tinysam_edge.transforms import resize_longest_side
 
 # Tolerances recommended by the fixture README (observed noise ~1e-5, smallest real slip ~1e-2).
 ATOL_EMBED, ATOL_IOU, ATOL_LOGITS, MAX_MASK_MISMATCH = 1e-3, 1e-3, 2e-3, 3e-3
@@ -31,7 +31,7 @@ def _prompt_kwargs(case: dict, ref) -> dict:
         return None if case[key] is None else np.array(case[key])
 
     mask = ref[f"case{case['index']}_mask_input"] if case["mask_input_from"] is not None else None
-    return dict(point_coords=arr("point_coords"), point_labels=arr("point_labels"), box=arr("box"), mask_input=mask)
+    return {"point_coords": arr("point_coords"), "point_labels": arr("point_labels"), "box": arr("box"), "mask_input": mask}
 
 
 def test_preprocessing_matches_official(fixture):

@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tinysam_edge.models import TorchPredictor  # noqa: E402
+from tinysam_edge.models import TorchPredictor
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_predict_before_set_image(random_model):
 
 
 def test_multimask_and_single(predictor):
-    kwargs = dict(point_coords=np.array([[100, 120]]), point_labels=np.array([1]))
+    kwargs = {"point_coords": np.array([[100, 120]]), "point_labels": np.array([1])}
     masks, scores, low = predictor.predict(**kwargs)
     assert masks.shape == (3, 240, 320) and masks.dtype == bool
     assert scores.shape == (3,) and scores.dtype == np.float32
@@ -44,8 +44,8 @@ def test_multimask_and_single(predictor):
 
 
 def test_sam_flavour_uses_token_zero(predictor):
-    kwargs = dict(box=np.array([10, 20, 200, 220]))
-    _, multi_scores, multi_low = predictor.predict(**kwargs)
+    kwargs = {"box": np.array([10, 20, 200, 220])}
+    _, _, multi_low = predictor.predict(**kwargs)
     predictor.flavour = "sam"
     try:
         _, scores, low = predictor.predict(**kwargs, multimask_output=False)

@@ -10,13 +10,12 @@ import pytest
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from conftest import DATA, require  # noqa: E402
-
-from tinysam_edge import Predictor  # noqa: E402
-from tinysam_edge.manifest import Manifest  # noqa: E402
-from tinysam_edge.quantize.evaluation.agreement import compare_predictors, mask_iou  # noqa: E402
-from tinysam_edge.quantize.ptq import quantize_model_dir  # noqa: E402
-from tinysam_edge.image import list_images  # noqa: E402
+from conftest import DATA, require
+from tinysam_edge import Predictor
+from tinysam_edge.image import list_images
+from tinysam_edge.manifest import Manifest
+from tinysam_edge.quantize.evaluation.agreement import compare_predictors, mask_iou
+from tinysam_edge.quantize.ptq import quantize_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,9 @@ def test_int8_ir_is_quantized_and_loads(int8_dir, parity_model_dir):
         assert _op_counts(int8_dir / name)["FakeQuantize"] > 20, name
     assert _op_counts(parity_model_dir / "encoder.xml")["FakeQuantize"] == 0
     manifest = Manifest.read(int8_dir)
-    assert manifest.weights_precision == "int8" and manifest.quantization["encoder"] == "int8" and manifest.quantization["decoder"] == "int8"
+    assert (
+        manifest.weights_precision == "int8" and manifest.quantization["encoder"] == "int8" and manifest.quantization["decoder"] == "int8"
+    )
     assert manifest.quantization["model_type"] == "TRANSFORMER" and "nncf" in manifest.versions
     for static in (False, True):
         predictor = Predictor(int8_dir, static_shapes=static)
@@ -45,12 +46,16 @@ def test_int8_ir_is_quantized_and_loads(int8_dir, parity_model_dir):
 def test_accuracy_report(int8_dir, parity_model_dir, coco_images):
     annotations = require(DATA / "coco_mini" / "annotations" / "instances_coco128seg.json")
     pytest.importorskip("pycocotools")
-    report = compare_predictors(Predictor(parity_model_dir), Predictor(int8_dir), coco_images[10:12], annotations, objects_per_image=2, progress=False)
+    report = compare_predictors(
+        Predictor(parity_model_dir), Predictor(int8_dir), coco_images[10:12], annotations, objects_per_image=2, progress=False
+    )
     assert set(report["summary"]) == {"point", "box"} and report["objects"] == "annotations"
     for s in report["summary"].values():
         assert 0.0 <= s["p5_iou"] <= s["mean_iou"] <= 1.0 and 0.0 <= s["mean_abs_score_error"]
         assert s["prompts"] >= 2
-    same = compare_predictors(Predictor(parity_model_dir), Predictor(parity_model_dir), coco_images[10:11], objects_per_image=2, progress=False)
+    same = compare_predictors(
+        Predictor(parity_model_dir), Predictor(parity_model_dir), coco_images[10:11], objects_per_image=2, progress=False
+    )
     # the same model dir agrees with itself up to the split decoder's rounding (the reference has more prompts on each image)
     assert all(s["mean_iou"] > 0.999 and s["mean_abs_score_error"] < 1e-4 for s in same["summary"].values())
 
@@ -64,11 +69,56 @@ def test_mask_iou():
     assert mask_iou(a, b) == pytest.approx(4 / 12)
 
 
-def test_accuracy_control_meets_a_loose_cap(parity_model_dir, coco_images, tmp_path):
-    report = quantize_model_dir(parity_model_dir, coco_images[:3], tmp_path / "loose", subset_size=2, max_drop=0.9, held_out=1, log=lambda *_: None)
-    assert report["method"] == "nncf.quantize_with_accuracy_control"
-    assert report["drop_met"] and report["drop"] <= 0.9 and 0.0 <= report["iou_vs_fp32"] <= 1.0
-    assert Manifest.read(tmp_path / "loose").quantization["max_drop"] == 0.9
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"subset_size": 0}, "subset_size must be an integer >= 1"),
+        ({"max_drop": -1.0, "held_out": 1}, "max_drop must be a number in 0..1"),
+        ({"max_drop": 1.5, "held_out": 1}, "max_drop must be a number in 0..1"),
+        ({"max_drop": 0.1}, "needs held-out images"),
+        ({"held_out": 3}, "no calibration images left"),
+        ({"decoder": "int4"}, "decoder must be"),
+    ],
+)
+def test_quantize_api_refuses_bad_settings_before_reading_anything(tmp_path, options, match):
+    images = [tmp_path / f"{i}.jpg" for i in range(3)]  # never read: the settings are refused first
+    with pytest.raises(ValueError, match=match):
+        quantize_model_dir(tmp_path / "no-model-dir", images, tmp_path / "out", log=lambda *_: None, **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nncf_errors_carry_their_cause():
+    import nncf
+    import openvino.opset13 as ops
+
+    from tinysam_edge.errors import TinySamError
+    from tinysam_edge.quantize.ptq import quantize_graph
+
+    x = ops.parameter([1, 8], np.float32, name="x")
+    model = ov.Model([ops.matmul(x, ops.constant(np.ones((8, 8), np.float32)), False, False)], [x], "tiny")
+    with pytest.raises(TinySamError, match="NNCF could not quantize the encoder .*[Cc]alibration dataset"):
+        quantize_graph("encoder", model, nncf.Dataset([]), 1, None)
+
+
+#: Random parity weights lose about 0.25 of mean best-mask IoU at W8A8 calibrated on two images; the cap
+#: leaves room for run-to-run noise (no layer needs reverting), not for a broken quantizer.
+CAP = 0.35
+
+
+def test_accuracy_control_reports_the_drop_it_measured(parity_model_dir, coco_images, tmp_path):
+    report = quantize_model_dir(
+        parity_model_dir, coco_images[:3], tmp_path / "capped", subset_size=2, max_drop=CAP, held_out=1, log=lambda *_: None
+    )
+    assert report["method"] == "nncf.quantize_with_accuracy_control" and report["decoder"] == "fp"
+    assert 0.0 < report["drop"] <= CAP and report["drop_met"]  # quantized (it differs from FP32), within the cap
+    assert report["drop"] == pytest.approx(1.0 - report["iou_vs_fp32"])
+    assert report["iou_vs_fp32"] == pytest.approx(report["encoder_iou_vs_fp32"])  # the decoder stayed FP32: the encoder is all the drop
+    written = Manifest.read(tmp_path / "capped")
+    assert written.quantization["max_drop"] == CAP and written.weights_precision == "int8"
+    assert (
+        _op_counts(tmp_path / "capped" / "encoder.xml")["FakeQuantize"] > 20
+        and _op_counts(tmp_path / "capped" / "decoder.xml")["FakeQuantize"] == 0
+    )
 
 
 @pytest.mark.slow  # NNCF ranks every quantizer group of the encoder first: about 3 minutes here
@@ -80,7 +130,7 @@ def test_accuracy_control_says_when_it_cannot_meet_the_cap(parity_model_dir, coc
     out = tmp_path / "strict"
     cmd = [sys.executable, "-m", "tinysam_edge", "quantize", "--model-dir", str(parity_model_dir), "--calib", str(calib)]
     cmd += ["--subset-size", "2", "--max-drop", "0", "--held-out", "1", "--max-iterations", "1", "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1800)
     report = Manifest.read(out).quantization
     if report["drop_met"]:  # only if INT8 matched FP32 exactly on the held-out prompts
         assert result.returncode == 0 and report["drop"] <= 0

@@ -12,9 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 ov = pytest.importorskip("openvino")
 
-from tinysam_edge import Predictor, load_image  # noqa: E402
-from tinysam_edge.models import TorchPredictor, build_sam  # noqa: E402
-from tinysam_edge.models.modeling import CachedMaskDecoder  # noqa: E402
+from tinysam_edge import Predictor, load_image
+from tinysam_edge.models import TorchPredictor, build_sam
+from tinysam_edge.models.modeling import CachedMaskDecoder
 
 ATOL_IOU, ATOL_LOGITS = 1e-3, 2e-3  # the parity fixture's tolerances
 
@@ -22,7 +22,10 @@ PROMPTS = {
     "1 point": ([[[500.0, 300.0], [0.0, 0.0]]], [[1.0, -1.0]]),
     "3 points": ([[[100.0, 200.0], [700.0, 50.0], [0.0, 0.0]]], [[1.0, 0.0, -1.0]]),
     "box": ([[[100.0, 200.0], [600.0, 700.0]]], [[2.0, 3.0]]),
-    "box + point + empty slots": ([[[300.0, 300.0], [100.0, 200.0], [600.0, 700.0], [0.0, 0.0], [0.0, 0.0]]], [[0.0, 2.0, 3.0, -2.0, -2.0]]),
+    "box + point + empty slots": (
+        [[[300.0, 300.0], [100.0, 200.0], [600.0, 700.0], [0.0, 0.0], [0.0, 0.0]]],
+        [[0.0, 2.0, 3.0, -2.0, -2.0]],
+    ),
     "batch of 5": (np.random.default_rng(0).uniform(0, 1024, (5, 2, 2)).tolist(), [[1.0, -1.0]] * 5),
 }
 
@@ -68,7 +71,9 @@ def _check_fixture_twice(predictor, parity):
             assert (predictor._state is not None) == (repeat or case["index"] > 0)
             assert ("decoder_state" in predictor.timings) == (predictor._state is not None)
             np.testing.assert_allclose(scores, ref[f"case{case['index']}_iou"], rtol=0, atol=ATOL_IOU, err_msg=f"split={uses_split}")
-            np.testing.assert_allclose(low, ref[f"case{case['index']}_low_res_logits"], rtol=0, atol=ATOL_LOGITS, err_msg=f"split={uses_split}")
+            np.testing.assert_allclose(
+                low, ref[f"case{case['index']}_low_res_logits"], rtol=0, atol=ATOL_LOGITS, err_msg=f"split={uses_split}"
+            )
 
 
 def test_torch_predictor_first_and_repeated_prompts(parity_dir, parity):
@@ -87,7 +92,7 @@ def test_policy_first_click_plain_batches_split_reset_on_new_image(random_model_
     image = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
     p = Predictor(random_model_dir)
     p.set_image(image)
-    click = dict(point_coords=np.array([[100, 120]]), point_labels=np.array([1]))
+    click = {"point_coords": np.array([[100, 120]]), "point_labels": np.array([1])}
     _, _, low = p.predict(**click)
     assert p._state is None  # one click on a frame never pays for the state
     _, _, low2 = p.predict(**click)
@@ -169,7 +174,7 @@ def test_f32_then_bf16_share_a_cache_dir_without_crashing(parity_model_dir, tmp_
         """
     )
     for _ in range(2):  # the second run loads every blob from the cache
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
@@ -184,7 +189,9 @@ def test_official_decoder_agrees_and_macs_drop(parity_dir, parity):
     ref = parity[0]
     coords = np.array([[[500.0, 300.0]]], np.float32)
     low, iou = official(ref["image_embeddings"], coords, np.ones((1, 1), np.float32))
-    ours_low, ours_iou = sam.decode(torch.from_numpy(ref["image_embeddings"]), torch.tensor([[[500.0, 300.0], [0.0, 0.0]]]), torch.tensor([[1.0, -1.0]]))
+    ours_low, ours_iou = sam.decode(
+        torch.from_numpy(ref["image_embeddings"]), torch.tensor([[[500.0, 300.0], [0.0, 0.0]]]), torch.tensor([[1.0, -1.0]])
+    )
     np.testing.assert_allclose(low.numpy(), ours_low[:, 1:].detach().numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(iou.numpy(), ours_iou[:, 1:].detach().numpy(), rtol=0, atol=1e-5)
     macs = decoder_macs(sam, official)
@@ -200,7 +207,7 @@ def test_bench_decoder_report(random_model_dir, random_checkpoint, tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "tinysam_edge", "bench", "--decoder", str(image), "--model-dir", str(random_model_dir)]
     cmd += ["--checkpoint", str(random_checkpoint), "--rounds", "1", "--out-dir", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "decoder.json").read_text())
     results = report["results"]

@@ -7,12 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import torch.nn.functional as F  # noqa: E402
-from tinysam_edge.models import build_sam, infer_model_name, sam_model_registry  # noqa: E402
-from tinysam_edge.models.modeling import ImageEncoderViT  # noqa: E402
+import torch.nn.functional as F
 
-from tinysam_edge import weights  # noqa: E402
-from tinysam_edge.errors import CheckpointError  # noqa: E402
+from tinysam_edge import weights
+from tinysam_edge.errors import CheckpointError
+from tinysam_edge.models import build_sam, infer_model_name, sam_model_registry
+from tinysam_edge.models.modeling import ImageEncoderViT
 
 # (embed_dim, depth, heads, global attention blocks) of the official checkpoints.
 CONFIGS = {

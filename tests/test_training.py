@@ -3,27 +3,30 @@
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
 from conftest import DATA, PARITY, require
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pycocotools")
 
-from pycocotools import mask as mask_utils  # noqa: E402
-from tinysam_edge.models import build_sam  # noqa: E402
-from tinysam_edge.models.training import losses  # noqa: E402
-from tinysam_edge.models.training.config import read_config  # noqa: E402
-from tinysam_edge.models.training.data import SegmentationDataset, load_records, make_loader, split_records, to_low_res  # noqa: E402
-from tinysam_edge.models.training.prompt_sampling import CELL, SamplerConfig, error_points, first_prompts, hard_prompts  # noqa: E402
-from tinysam_edge.models.training.teacher_cache import CacheMeta, build_cache  # noqa: E402
+from pycocotools import mask as mask_utils
 
-from tinysam_edge.cli import main  # noqa: E402
-from tinysam_edge.errors import TinySamError  # noqa: E402
+from tinysam_edge.cli import main
+from tinysam_edge.errors import TinySamError
+from tinysam_edge.models import build_sam
+from tinysam_edge.models.training import cache_teacher, losses
+from tinysam_edge.models.training.config import read_config
+from tinysam_edge.models.training.data import SegmentationDataset, load_records, split_records, to_low_res
+from tinysam_edge.models.training.prompt_sampling import CELL, SamplerConfig, error_points, first_prompts, hard_prompts
+from tinysam_edge.models.training.teacher_cache import CacheMeta, build_cache
 
 COCO_IMAGES = DATA / "coco_mini" / "images"
 COCO8 = DATA / "coco_mini" / "annotations" / "instances_coco8seg.json"
@@ -215,7 +218,8 @@ def test_sa1b_dataset_decodes_masks_into_the_input_frame(shapes_sa1b):
     assert {int(m.sum()) for m in sample["masks"]} == {int(v) for v in expected}
     assert not sample["masks"][:, 208:].any()  # nothing in the padding below ceil(829 / 4)
     assert (sample["boxes"][:, 2:] <= torch.tensor([1024.0, 829.0])).all()
-    assert mask.any()
+    low = torch.from_numpy(to_low_res(mask, (829, 1024)))
+    assert any(torch.equal(m, low) for m in sample["masks"])  # the first annotation, resampled into the input frame
 
 
 def test_flips_are_seeded_per_sample_and_mirror_masks(shapes_sa1b):
@@ -251,7 +255,9 @@ print("same batches")
 def test_loader_with_worker_processes_matches_in_process_loading(shapes_sa1b):
     # In a child interpreter, as in a training run. Inside the long pytest process (after the OpenVINO and
     # NNCF tests) using worker processes was followed by a heap crash in a later test.
-    result = subprocess.run([sys.executable, "-c", LOADER_CHECK, str(shapes_sa1b)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER_CHECK, str(shapes_sa1b)], check=False, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0 and "same batches" in result.stdout, result.stderr[-3000:]
 
 
@@ -293,8 +299,12 @@ def test_teacher_cache_is_fp16_resumable_and_refuses_another_teacher(shapes_sa1b
     emb = cache.load("sa_2", flipped=True)
     assert emb.dtype == np.float16 and emb.shape == (1, 256, 64, 64)
     cache.path("sa_1", flipped=True).unlink()
+    cache.path("sa_3").write_bytes(b"")  # an interrupted copy: a zero-byte embedding
+    assert cache.missing(keys) == ["sa_1", "sa_3"]
+    with pytest.raises(TinySamError, match=r"sa_3\.npy is damaged"):
+        cache.load("sa_3")
     build_cache(encode, data.load_input, keys, tmp_path / "cache", meta, log=lambda *_: None)
-    assert len(calls) == 9  # only the missing file was encoded again
+    assert len(calls) == 10 and cache.missing(keys) == []  # only the missing and the damaged file were encoded again
     other = CacheMeta("vit_b", "b.pth", "b" * 64, flips=True)
     with pytest.raises(TinySamError, match="another teacher"):
         build_cache(encode, data.load_input, keys, tmp_path / "cache", other, log=lambda *_: None)
@@ -321,10 +331,45 @@ def test_config_overrides_and_errors(tmp_path):
     path.write_text('[optim]\nlr = "fast"\n')
     with pytest.raises(ValueError, match="lr must be float"):
         read_config(path)
+
+
+def test_yaml_config(tmp_path):
+    pytest.importorskip("yaml")
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text("optim:\n  batch_size: 3\n")
-    if pytest.importorskip("yaml"):
-        assert read_config(yaml_path).optim.batch_size == 3
+    assert read_config(yaml_path).optim.batch_size == 3
+    yaml_path.write_text("- a list\n")
+    with pytest.raises(ValueError, match="table of sections"):
+        read_config(yaml_path)
+
+
+def test_toml_without_tomllib_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text("[optim]\nlr = 1\n")
+    monkeypatch.setitem(sys.modules, "tomli", pytest.importorskip("tomllib"))
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # Python 3.10: no tomllib, the tomli package instead
+    assert read_config(path, ["optim.max_steps=3"]).optim.max_steps == 3
+    monkeypatch.setitem(sys.modules, "tomli", None)  # ... and without it
+    with pytest.raises(TinySamError, match="tomli"):
+        read_config(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("optim.max_steps=-5", r"max_steps must be >= 0"),
+        ("optim.batch_size=0", r"batch_size must be >= 1"),
+        ("optim.lr=nan", "finite"),
+        ("data.val_fraction=1.5", r"val_fraction must be in \[0, 1\]"),
+        ("run.amp=fp8", "amp must be one of"),
+        ("student.model=vit_x", "model must be one of"),
+    ],
+)
+def test_config_values_are_range_checked(tmp_path, override, match):
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    with pytest.raises(ValueError, match=match):
+        read_config(path, [override])
 
 
 def test_train_cli_errors_are_one_line(tmp_path, capsys):
@@ -338,6 +383,47 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not empty" in err and err.count("\n") == 1
     assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
+    assert main(["train", "distill", "--config", str(cfg), "--set", "optim.max_steps=-5"]) == 2
+    assert "max_steps must be >= 0" in capsys.readouterr().err
+
+
+def test_cache_teacher_refuses_bad_device_and_annotations(random_checkpoint, shapes_sa1b, tmp_path, capsys):
+    cache = ["train", "cache-teacher", "--teacher", str(random_checkpoint), "--images", str(shapes_sa1b), "--out", str(tmp_path / "c")]
+    for device, match in (("XPU", "unknown training device 'XPU'"), ("cuda:99", "cuda:99 requested")):
+        with pytest.raises(TinySamError, match=match):
+            cache_teacher(str(random_checkpoint), str(shapes_sa1b), str(tmp_path / "c"), device=device)
+    (tmp_path / "list.json").write_text("[]")
+    assert main([*cache, "--annotations", str(tmp_path / "list.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a COCO instances file" in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+
+
+def _cache_config(random_checkpoint, shapes_sa1b, cache, out):
+    from tinysam_edge.models.training.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "data": {"images": str(shapes_sa1b), "val_fraction": 0.0, "num_workers": 0, "flip": False},
+            "teacher": {"checkpoint": str(random_checkpoint), "cache": str(cache)},
+            "optim": {"batch_size": 1, "max_steps": 1},
+            "run": {"out": str(out), "device": "cpu"},
+        }
+    )
+
+
+def test_damaged_teacher_embedding_is_named_before_training(random_checkpoint, shapes_sa1b, tmp_path):
+    from tinysam_edge.models.training.distill import load_training_data
+    from tinysam_edge.weights import sha256_file
+
+    keys = [r.key for r in load_records(shapes_sa1b)]
+    meta = CacheMeta("vit_t", random_checkpoint.name, sha256_file(random_checkpoint), flips=False)
+    cache = build_cache(
+        lambda _: torch.zeros(1, 256, 64, 64), lambda i, f: (np.zeros((1, 3, 8, 8), np.float32), (8, 8)), keys, tmp_path / "c", meta
+    )
+    cache.path("sa_2").write_bytes(b"")
+    with pytest.raises(TinySamError, match=r"sa_2\.npy, missing or damaged"):
+        load_training_data(_cache_config(random_checkpoint, shapes_sa1b, tmp_path / "c", tmp_path / "run"))
 
 
 # -- smoke run -------------------------------------------------------------------------------------
@@ -345,7 +431,9 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
 
 def _cli(*args) -> None:
     """Run the CLI in a child process, as a user would (it also keeps training state out of the test process)."""
-    result = subprocess.run([sys.executable, "-m", "tinysam_edge", *map(str, args)], capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "tinysam_edge", *map(str, args)], check=False, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -396,11 +484,10 @@ def test_smoke_distillation_loss_goes_down(smoke_run):
     assert (smoke_run / "run" / "training.png").stat().st_size > 10_000
 
 
-def test_smoke_checkpoint_reloads_strictly_and_exports(smoke_run):
+def test_smoke_checkpoint_reloads_strictly_and_exports(smoke_run, tmp_path):
     pytest.importorskip("openvino")
-    from tinysam_edge.quantize.export import export_checkpoint
-
     from tinysam_edge.manifest import Manifest
+    from tinysam_edge.quantize.export import export_checkpoint
 
     ckpt = smoke_run / "run" / "student_last.pth"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -408,17 +495,32 @@ def test_smoke_checkpoint_reloads_strictly_and_exports(smoke_run):
     model = build_sam("vit_t", checkpoint=ckpt)
     assert build_sam("auto", checkpoint=ckpt).flavour == "tinysam"
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    export_checkpoint(ckpt, smoke_run / "ir", log=lambda *_: None)
-    assert Manifest.read(smoke_run / "ir").source["name"] == "student_last.pth"
+    export_checkpoint(ckpt, tmp_path / "ir", log=lambda *_: None)
+    assert Manifest.read(tmp_path / "ir").source["name"] == "student_last.pth"
 
 
-def test_smoke_run_resumes_from_its_last_state(smoke_run):
-    config = smoke_run / "smoke.toml"
-    _cli("train", "distill", "--config", config, "--set", "optim.max_steps=22", "--resume")
-    steps = [int(r["step"]) for r in _log_rows(smoke_run / "run")]
-    assert steps == list(range(1, 23))
-    state = torch.load(smoke_run / "run" / "train_state.pt", map_location="cpu", weights_only=True)
+def _private_run(smoke_run, tmp_path) -> tuple[Path, list[str]]:
+    """A copy of the smoke run's folder and the CLI arguments that continue it there (the shared run stays as it is)."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run / "run", run)
+    return run, ["train", "distill", "--config", str(smoke_run / "smoke.toml"), "--set", f'run.out="{run}"', "--resume"]
+
+
+def test_smoke_run_resumes_from_its_last_state(smoke_run, tmp_path):
+    run, resume = _private_run(smoke_run, tmp_path)
+    _cli(*resume, "--set", "optim.max_steps=22")
+    assert [int(r["step"]) for r in _log_rows(run)] == list(range(1, 23))
+    state = torch.load(run / "train_state.pt", map_location="cpu", weights_only=True)
     assert state["step"] == 22 and state["optimizer"]["state"]
+
+
+def test_resume_from_a_truncated_state_is_one_clear_error(smoke_run, tmp_path, capsys):
+    run, resume = _private_run(smoke_run, tmp_path)
+    state = run / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:4096])
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume from {state}" in err and err.count("\n") == 1
 
 
 def test_student_init_from_scratch_or_checkpoint(random_checkpoint, tmp_path):

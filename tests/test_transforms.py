@@ -50,7 +50,9 @@ def test_coords_scale_into_resized_frame(h, w, fx, fy):
 @given(h=sizes, w=sizes, data=st.data())
 def test_boxes_transform_as_two_points(h, w, data):
     n = data.draw(st.integers(1, 5))
-    boxes = np.array([[data.draw(st.floats(0, w)), data.draw(st.floats(0, h)), data.draw(st.floats(0, w)), data.draw(st.floats(0, h))] for _ in range(n)])
+    boxes = np.array(
+        [[data.draw(st.floats(0, w)), data.draw(st.floats(0, h)), data.draw(st.floats(0, w)), data.draw(st.floats(0, h))] for _ in range(n)]
+    )
     out = apply_boxes(boxes, (h, w))
     assert out.shape == (n, 4)
     np.testing.assert_array_equal(out.reshape(n, 2, 2), apply_coords(boxes.reshape(n, 2, 2), (h, w)))

@@ -20,7 +20,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     body = PAYLOAD
     claimed_length: int | None = None
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", str(self.claimed_length or len(self.body)))
         self.end_headers()

@@ -28,7 +28,8 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.n
         w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
         h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
         inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
+        with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: NaN, never suppressed (as torchvision)
+            iou = inter / (areas[i] + areas[rest] - inter)
         order = rest[~(iou > iou_threshold)]
     return np.array(keep, dtype=np.int64)
 

@@ -7,18 +7,73 @@ the same graph cut after the IoU head. CPU compiles each decoder for the exact p
 """
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
 from .devices import compile_model
-from .errors import ModelDirError
-from .manifest import DECODER_OUTPUTS, Manifest, VariantShape
+from .errors import ModelDirError, error_cause
+from .manifest import DECODER_OUTPUTS, MANIFEST_FILE, Manifest, VariantShape
+from .masks import FLAVOURS
 from .prompts import LABEL_EMPTY, LOW_RES_SIZE
 
 SPLIT_ROLES = ("decoder_image", "decoder_prompt")
 DECODER_OUTPUTS_LOGITS, DECODER_OUTPUTS_IOU = DECODER_OUTPUTS
 ImageState = tuple[int, list[ov.Tensor]]  # (generation, per-image tensors)
+
+
+def prompt_shaped(decoder: ov.Model, batch: int, points: int, masks: int | None = None) -> ov.Model:
+    """A copy of a decoder graph with static prompt shapes: (batch, points, 2) coords, (batch, points) labels.
+
+    ``masks`` also fixes the plain decoder's ``mask_input`` to (masks, 1, 256, 256) (0: no mask
+    prompt); leave it None for graphs without that input (the split decoder's prompt graph).
+    """
+    if batch < 1 or points < 1 or (masks is not None and masks < 0):
+        raise ValueError(f"a decoder needs at least one prompt of one point, got batch {batch}, points {points}, masks {masks}")
+    shapes = {"point_coords": [batch, points, 2], "point_labels": [batch, points]}
+    if masks is not None:
+        shapes["mask_input"] = [masks, 1, LOW_RES_SIZE, LOW_RES_SIZE]
+    model = decoder.clone()
+    model.reshape(shapes)
+    return model
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    """``Manifest.read`` plus what the runtime relies on, checked before anything is compiled; every problem is a ModelDirError.
+
+    A malformed field becomes a ModelDirError naming the manifest; the flavour must be known, every
+    IR must lie inside the model dir, and the static decoders need a batch and point slots of 1..65536.
+    """
+    path = Path(model_dir) / MANIFEST_FILE
+    try:
+        manifest = Manifest.read(model_dir)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ModelDirError(f"{path} is malformed ({error_cause(exc)}); re-export the model") from exc
+    if manifest.flavour not in FLAVOURS:
+        raise ModelDirError(f"{path} gives flavour {manifest.flavour!r}, not one of {', '.join(FLAVOURS)}; re-export the model")
+    for role, name in manifest.files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ModelDirError(f"{path} points {role} outside the model dir ({name}); refusing to read it")
+    for role, shape in manifest.static_shapes.items():
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 for v in (shape.batch, shape.points)):
+            raise ModelDirError(
+                f"{path} gives {role} batch {shape.batch!r} and {shape.points!r} point slots (each must be 1..65536); re-export the model"
+            )
+    return manifest
+
+
+def _checked_static(model: ov.Model, role: str, shape: VariantShape) -> ov.Model:
+    """A static decoder IR whose prompt inputs have the manifest's shape (anything else never reaches the compiler)."""
+    expected = {"point_coords": [shape.batch, shape.points, 2], "point_labels": [shape.batch, shape.points]}
+    for name, dims in expected.items():
+        try:
+            actual = model.input(name).get_partial_shape()
+        except RuntimeError as exc:
+            raise ModelDirError(f"the {role} IR has no {name} input; re-export the model") from exc
+        if actual.is_dynamic or [d.get_length() for d in actual] != dims:
+            raise ModelDirError(f"the {role} IR's {name} is {actual}, the manifest says {dims}; re-export the model")
+    return model
 
 
 class DecoderGraphs:
@@ -32,7 +87,15 @@ class DecoderGraphs:
     MAX_SPECIALIZED = 12
 
     def __init__(
-        self, core: ov.Core, read: Callable[[str], ov.Model], manifest: Manifest, device: str, config: dict, static: bool, bf16: bool, split: bool = True
+        self,
+        core: ov.Core,
+        read: Callable[[str], ov.Model],
+        manifest: Manifest,
+        device: str,
+        config: dict,
+        static: bool,
+        bf16: bool,
+        split: bool = True,
     ) -> None:
         self._core, self._device, self._config, self.static = core, device, config, static
         self._compiled: dict[object, ov.CompiledModel] = {}
@@ -45,7 +108,10 @@ class DecoderGraphs:
             for role in ("decoder_static", "decoder_static_batch"):
                 if role not in manifest.files:
                     raise ModelDirError(f"model dir has no {role} IR, which {device} needs; re-export the model")
-                self._add(manifest.static_shapes[role], compile_model(core, read(role), device, config))
+                shape = manifest.static_shapes.get(role)
+                if shape is None:
+                    raise ModelDirError(f"the manifest gives no static shape for {role}; re-export the model")
+                self._add(shape, compile_model(core, _checked_static(read(role), role, shape), device, config))
             self._interactive, self._batched = (manifest.static_shapes[r] for r in ("decoder_static", "decoder_static_batch"))
             return
         self._graphs["plain"] = read("decoder")
@@ -73,11 +139,7 @@ class DecoderGraphs:
         """Key of ``graph`` compiled for exactly this shape (up to ``MAX_SPECIALIZED``), else of its dynamic form."""
         key = (graph, batch, points, masks)
         if key not in self._compiled and len(self._compiled) <= self.MAX_SPECIALIZED:
-            model = self._graphs[graph].clone()
-            shapes = {"point_coords": [batch, points, 2], "point_labels": [batch, points]}
-            if graph == "plain":
-                shapes["mask_input"] = [masks, 1, LOW_RES_SIZE, LOW_RES_SIZE]
-            model.reshape(shapes)
+            model = prompt_shaped(self._graphs[graph], batch, points, masks if graph == "plain" else None)
             self._add(key, compile_model(self._core, model, self._device, self._config))
         return key if key in self._compiled else self.dynamic(graph)
 
@@ -125,7 +187,9 @@ class DecoderGraphs:
         request.infer({n: np.ascontiguousarray(coords, np.float32), n + 1: np.ascontiguousarray(labels, np.float32)}, share_inputs=True)
         return [request.get_tensor(name).data.copy() for name in outputs]
 
-    def plain(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def plain(
+        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The plain decoder: all 4 tokens' logits (B, 4, 256, 256) and IoU (B, 4)."""
         has_mask = np.ones(1, np.float32) if mask_input is not None else np.zeros(1, np.float32)
         if not self.static:
@@ -160,7 +224,13 @@ class DecoderGraphs:
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
 
     def _infer(self, key: VariantShape | tuple, embedding, coords, labels, mask, has_mask) -> tuple[np.ndarray, np.ndarray]:
-        inputs = {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels, "mask_input": mask, "has_mask_input": has_mask}
+        inputs = {
+            "image_embeddings": embedding,
+            "point_coords": coords,
+            "point_labels": labels,
+            "mask_input": mask,
+            "has_mask_input": has_mask,
+        }
         # share_inputs: the 4 MB embedding is read in place instead of being copied on every click
         request = self._requests[key]
         request.infer({k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()}, share_inputs=True)

@@ -1,11 +1,13 @@
 """OpenVINO devices: checking what is asked for against what is there, and the compile configuration."""
 
 import os
+import tempfile
+import warnings
 from pathlib import Path
 
 import openvino as ov
 
-from .errors import DeviceError
+from .errors import DeviceError, error_cause
 from .weights import cache_dir
 
 PRECISIONS = ("f32", "bf16", "f16")
@@ -27,7 +29,9 @@ def check_device(core: ov.Core, device: str) -> None:
     if family not in ("CPU", "GPU", "NPU"):
         raise DeviceError(f"unknown device {device!r}; use CPU, GPU, NPU or AUTO (available here: {', '.join(available)})")
     if device.upper() not in available and not (device.upper() == family and any(d.startswith(family) for d in available)):
-        raise DeviceError(f"device {device!r} is not available on this machine (available: {', '.join(available)}); check its driver or pick another")
+        raise DeviceError(
+            f"device {device!r} is not available on this machine (available: {', '.join(available)}); check its driver or pick another"
+        )
 
 
 def compile_config(
@@ -51,7 +55,8 @@ def compile_config(
     # compilation of a model the same cache key, and running the wrong blob crashes the process
     # (docs/openvino_cache_bug.md).
     base = Path(cache) if cache is not None else cache_dir() / "ov-cache"
-    config = {"PERFORMANCE_HINT": hint, "CACHE_DIR": str(base / f"{family.lower()}-{precision or 'default'}")}
+    folder = base / f"{family.lower()}-{precision or 'default'}"
+    config = {"PERFORMANCE_HINT": hint} | ({"CACHE_DIR": str(folder)} if usable_cache_dir(folder) else {})
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
     if num_threads is not None:
@@ -61,13 +66,34 @@ def compile_config(
     return config
 
 
+_warned_cache_dirs: set[str] = set()
+
+
+def usable_cache_dir(folder: Path) -> bool:
+    """Whether compiled blobs can be cached in ``folder`` (created if needed).
+
+    The cache only saves compile time: where the folder cannot be created or written (a read-only
+    ``TINYSAM_EDGE_HOME``), models compile without it and a warning says so, once per folder.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError as exc:
+        if str(folder) not in _warned_cache_dirs:
+            _warned_cache_dirs.add(str(folder))
+            warnings.warn(
+                f"cannot use the compiled-model cache {folder} ({exc.strerror or exc}); compiling without it", RuntimeWarning, stacklevel=3
+            )
+        return False
+
+
 def compile_model(core: ov.Core, model: ov.Model | str, device: str, config: dict[str, str]) -> ov.CompiledModel:
     """``core.compile_model`` with device/setting errors turned into one-line DeviceErrors."""
     try:
         return core.compile_model(model, device, config)
     except RuntimeError as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
-        raise DeviceError(f"cannot compile for {device} with {config}: {first}") from exc
+        raise DeviceError(f"cannot compile for {device} with {config}: {error_cause(exc)}") from exc
 
 
 def describe(compiled: ov.CompiledModel) -> tuple[str, str]:

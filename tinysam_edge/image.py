@@ -11,15 +11,22 @@ from .files import atomic_write
 
 #: File types every command reads as images (and accepts as image outputs).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Larger image files are refused before reading them (a device such as /dev/zero, a runaway file).
+MAX_IMAGE_BYTES = 1 << 30
 
 
 def load_image(path: str | Path) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 RGB (grayscale and alpha are converted by OpenCV)."""
     path = Path(path)
     if not path.is_file():
-        raise TinySamError(f"image not found: {path}")
+        raise TinySamError(f"image {path} is not a file" if path.exists() else f"image not found: {path}")
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        raise TinySamError(f"image {path} is larger than {MAX_IMAGE_BYTES >> 20} MiB; no photo is that big")
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV allows
+        raise TinySamError(f"cannot decode image {path} (OpenCV refuses it: {exc.err or exc})") from exc
     if image is None:
         raise TinySamError(f"cannot decode image {path} (corrupt or not an image format OpenCV reads)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -34,9 +41,11 @@ def to_rgb_uint8(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
     if image_format not in ("RGB", "BGR"):
         raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")  # noqa: TRY004 - one exception type for any bad image
     if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (0..255), got {image.dtype}; convert it, e.g. (img * 255).round().astype(np.uint8) for 0..1 floats")
+        raise ValueError(
+            f"image must be uint8 (0..255), got {image.dtype}; convert it, e.g. (img * 255).round().astype(np.uint8) for 0..1 floats"
+        )
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):

@@ -29,6 +29,11 @@ CACHED_DECODER_CONTRACT = {
     "decoder_prompt": "those tensors + point_coords / point_labels (as for decoder) -> the decoder's outputs; CPU only:"
     " static-shape devices (GPU, NPU) use decoder_static*, which keep the plain graph",
 }
+#: Inclusive ranges of the static decoders' point slots and prompt batch that ``export`` writes.
+POINT_SLOTS = (1, 64)
+STATIC_BATCH = (1, 1024)
+#: How the weights of a model dir's IRs are stored: exported in fp32 or fp16, or quantized to int8 (W8A8, NNCF).
+WEIGHTS_PRECISIONS = ("fp32", "fp16", "int8")
 DECODER_OUTPUTS = {
     "low_res_logits": "[B,4,256,256] f32, all four mask tokens (token 0: single-mask output, 1..3: multimask)",
     "iou_predictions": "[B,4] f32",
@@ -49,7 +54,7 @@ class Manifest:
 
     model: str
     flavour: str
-    weights_precision: str  # "fp32" | "fp16" (weights stored in the IR)
+    weights_precision: str  # one of WEIGHTS_PRECISIONS: fp32 / fp16 exports, int8 after ``quantize``
     quantization: dict | None  # None for float models; NNCF settings for INT8 ones
     source: dict  # {"name": ..., "sha256": ...} of the source checkpoint
     versions: dict  # tinysam_edge / openvino / torch (/ nncf) versions that exported it
@@ -73,7 +78,9 @@ class Manifest:
         model_dir = Path(model_dir)
         path = model_dir / MANIFEST_FILE
         if not model_dir.is_dir():
-            raise ModelDirError(f"model dir {model_dir} does not exist; create one with 'tinysam-edge export --checkpoint NAME --out {model_dir}'")
+            raise ModelDirError(
+                f"model dir {model_dir} does not exist; create one with 'tinysam-edge export --checkpoint NAME --out {model_dir}'"
+            )
         if not path.is_file():
             raise ModelDirError(f"{model_dir} is not a tinysam-edge model dir (no {MANIFEST_FILE}); create one with 'tinysam-edge export'")
         try:
@@ -99,10 +106,21 @@ class Manifest:
             )
         except (KeyError, TypeError) as exc:
             raise ModelDirError(f"{path} is incomplete or malformed (problem with {exc})") from exc
+        if manifest.weights_precision not in WEIGHTS_PRECISIONS:
+            raise ModelDirError(f"{path} has weights_precision {manifest.weights_precision!r}, not one of {', '.join(WEIGHTS_PRECISIONS)}")
+        if (manifest.weights_precision == "int8") != (manifest.quantization is not None):
+            raise ModelDirError(
+                f"{path} is inconsistent: weights_precision {manifest.weights_precision!r} with quantization {manifest.quantization!r}"
+            )
         for role in ("encoder", "decoder"):
             if role not in manifest.files:
                 raise ModelDirError(f"{path} lists no {role} IR")
-        missing = [name for xml in manifest.files.values() for name in (xml, str(Path(xml).with_suffix(".bin"))) if not (model_dir / name).is_file()]
+        missing = [
+            name
+            for xml in manifest.files.values()
+            for name in (xml, str(Path(xml).with_suffix(".bin")))
+            if not (model_dir / name).is_file()
+        ]
         if missing:
             raise ModelDirError(f"model dir {model_dir} is incomplete: missing {', '.join(missing)}; re-export it")
         return manifest

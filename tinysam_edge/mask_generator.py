@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from .image import to_rgb_uint8
 from .amg import box_nms, build_point_grid, remove_small_regions
+from .image import to_rgb_uint8
 from .masks import MASK_THRESHOLD, box_xywh, encode_rle, mask_to_box, mask_to_uncompressed_rle
 from .predictor import PredictorBase
 
@@ -25,6 +25,8 @@ UPSCALE_BUDGET_PIXELS = 64 * 1024 * 1024
 #: prompt) plus a full decode per survivor, so it beats one full decode of the batch while under about
 #: 40% of the prompts survive (measured on 2 cores, f32 and bf16, docs/benchmarks.md).
 IOU_FIRST_MAX_SHARE = 0.4
+#: The finest grid accepted: 1024 x 1024 prompts (the CLI allows 256).
+MAX_POINTS_PER_SIDE = 1024
 
 
 @dataclass
@@ -90,10 +92,19 @@ class MaskGenerator:
     ) -> None:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        for name, value, low in (("points_per_side", points_per_side, self.min_points_per_side), ("points_per_batch", points_per_batch, 1)):
-            if not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not 0.0 <= box_nms_thresh <= 1.0 or not all(np.isfinite([pred_iou_thresh, stability_score_thresh, stability_score_offset])):
+        integers = (
+            ("points_per_side", points_per_side, self.min_points_per_side, MAX_POINTS_PER_SIDE),
+            ("points_per_batch", points_per_batch, 1, None),
+            ("min_mask_region_area", min_mask_region_area, 0, None),
+        )
+        for name, value, low, high in integers:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (high is not None and value > high):
+                raise ValueError(f"{name} must be an integer in {low}..{high or 'inf'}, got {value!r}")
+        floats = (box_nms_thresh, pred_iou_thresh, stability_score_thresh, stability_score_offset)
+        if (
+            not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v) for v in floats)
+            or not 0.0 <= box_nms_thresh <= 1.0
+        ):
             raise ValueError("box_nms_thresh must be in 0..1 and the other thresholds finite numbers")
         if output_mode == "coco_rle":
             try:
@@ -131,7 +142,9 @@ class MaskGenerator:
         for start in tqdm(starts, desc=f"{desc} batches", unit="batch", disable=not self.progress):
             yield points[start : start + self.points_per_batch]
 
-    def _decode_points(self, points: np.ndarray, stage: str, high_score_thresh: float | None = None) -> tuple[MaskRecords, np.ndarray | None]:
+    def _decode_points(
+        self, points: np.ndarray, stage: str, high_score_thresh: float | None = None
+    ) -> tuple[MaskRecords, np.ndarray | None]:
         """Decode single-point prompts and keep the masks that pass the filters.
 
         IoU first, while it pays: a batch's scores come without masks and only prompts with a token
@@ -142,7 +155,14 @@ class MaskGenerator:
         h, w = self.predictor.original_size
         records = MaskRecords((h, w))
         coverage = np.zeros((h, w), bool) if high_score_thresh is not None else None
-        counts = {"prompts": len(points), "masks_decoded": 0, "prompts_passing": 0, "prompts_with_masks": 0, "passed_pred_iou": 0, "masks_upscaled": 0}
+        counts = {
+            "prompts": len(points),
+            "masks_decoded": 0,
+            "prompts_passing": 0,
+            "prompts_with_masks": 0,
+            "passed_pred_iou": 0,
+            "masks_upscaled": 0,
+        }
         seconds = self.stats["seconds"]
         for batch in self._batches(points, stage):
             start = time.perf_counter()
@@ -259,7 +279,7 @@ class HierarchicalMaskGenerator(MaskGenerator):
 
     def __init__(self, predictor: PredictorBase, high_score_thresh: float = 8.5, **kwargs) -> None:
         super().__init__(predictor, **kwargs)
-        if not np.isfinite(high_score_thresh):
+        if not isinstance(high_score_thresh, (int, float, np.number)) or not np.isfinite(high_score_thresh):
             raise ValueError(f"high_score_thresh must be a finite number, got {high_score_thresh!r}")
         self.high_score_thresh = high_score_thresh
 

@@ -5,7 +5,6 @@ import numpy as np
 
 from .errors import TinySamError
 
-
 #: How the single-mask output is chosen: TinySAM takes the best predicted IoU among tokens 1..3
 #: (its token 0 was never trained); upstream SAM / MobileSAM use token 0.
 FLAVOURS = ("tinysam", "sam")
@@ -28,7 +27,9 @@ def select_tokens(iou_predictions: np.ndarray, multimask_output: bool, flavour: 
     return 1 + np.argmax(iou_predictions[:, 1:], axis=1)[:, None]
 
 
-def select_masks(low_res_logits: np.ndarray, iou_predictions: np.ndarray, multimask_output: bool, flavour: str) -> tuple[np.ndarray, np.ndarray]:
+def select_masks(
+    low_res_logits: np.ndarray, iou_predictions: np.ndarray, multimask_output: bool, flavour: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Pick outputs from all 4 decoder tokens (see ``select_tokens``): (B, 4, h, w), (B, 4) -> (B, K, h, w), (B, K)."""
     tokens = select_tokens(iou_predictions, multimask_output, flavour)
     if multimask_output:  # tokens 1..3 for every prompt: a slice, not a gather (the logits are 0.8 MB a prompt)
@@ -47,7 +48,9 @@ def postprocess_masks(low_res_logits: np.ndarray, input_size: tuple[int, int], o
     h, w = original_size
     rows, cols = (min(low_res_logits.shape[axis], size // 4 + 2) for axis, size in ((1, input_size[0]), (2, input_size[1])))
     out = np.empty((low_res_logits.shape[0], h, w), dtype=np.float32)
-    for i, logits in enumerate(low_res_logits.astype(np.float32, copy=False)):
+    with np.errstate(over="ignore"):  # float64 logits beyond float32's range saturate to +-inf, as a float32 decoder's would
+        low_res_logits = low_res_logits.astype(np.float32, copy=False)
+    for i, logits in enumerate(low_res_logits):
         up = cv2.resize(np.ascontiguousarray(logits[:rows, :cols]), (4 * cols, 4 * rows), interpolation=cv2.INTER_LINEAR)
         crop = np.ascontiguousarray(up[: input_size[0], : input_size[1]])
         out[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w)

@@ -10,6 +10,7 @@ import numpy as np
 from .masks import mask_to_box
 from .predictor import PredictorBase
 
+
 @dataclass(frozen=True)
 class Prompt:
     """One prompt set in original-image pixels; ``kind`` is "point" or "box"."""

@@ -1,22 +1,36 @@
 """SamPredictor-style predictors: the shared contract, and the OpenVINO runtime that implements it."""
 
 import functools
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
-from .decoder_graphs import DecoderGraphs, ImageState
+from .decoder_graphs import DecoderGraphs, ImageState, read_manifest
 from .devices import STATIC_DEVICES, check_device, compile_config, compile_model, describe, device_family
-from .errors import ModelDirError
+from .errors import ModelDirError, error_cause
 from .image import to_rgb_uint8
-from .manifest import ENCODER_INPUT, ENCODER_OUTPUT, Manifest
+from .manifest import ENCODER_INPUT, ENCODER_OUTPUT
 from .masks import MASK_THRESHOLD, postprocess_masks, select_masks, select_tokens
 from .prompts import LOW_RES_SIZE, check_batch_prompts, check_prompts, encode_prompts
 from .transforms import preprocess
+
+
+@dataclass(frozen=True)
+class ImageSnapshot:
+    """One image's state in a predictor, detached from it (``get_image_state`` / ``set_image_state``)."""
+
+    features: np.ndarray  # (1, 256, 64, 64) float32 embedding
+    original_size: tuple[int, int]  # (H, W)
+    input_size: tuple[int, int]  # (h, w) inside the 1024 x 1024 encoder input
+    decoder_state: object | None  # the backend's per-image decoder state, if built
+    prompts: int  # prompts decoded on the image so far (chooses the plain or the split decoder)
+    nbytes: int  # memory held by the embedding and the decoder state
 
 
 class PredictorBase(ABC):
@@ -42,20 +56,51 @@ class PredictorBase(ABC):
         """(1, 3, 1024, 1024) float32 -> (1, 256, 64, 64) float32 image embedding."""
 
     @abstractmethod
-    def _decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(
+        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Decode (B, N, 2) coords / (B, N) labels -> all 4 tokens' logits (B, 4, 256, 256) and IoU (B, 4)."""
 
     def _image_state(self, embedding: np.ndarray) -> object | None:
         """The per-image part of the decoder for (1, 256, 64, 64) ``embedding``; None where the backend has none."""
         return None
 
-    def _decode_cached(self, state: object, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_cached(
+        self, state: object, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``_decode`` without mask_input, from an ``_image_state``; ``exact_shape=False`` for batch sizes that vary."""
         raise NotImplementedError
 
     def _score_cached(self, state: object, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """IoU predictions (B, 4) from an ``_image_state``, skipping the mask branch."""
         raise NotImplementedError
+
+    def _export_state(self, state: object) -> tuple[object, int]:
+        """A copy of an ``_image_state`` that outlives the next image, and its size in bytes."""
+        raise NotImplementedError
+
+    def _import_state(self, exported: object) -> object:
+        """An ``_export_state`` copy made usable by this predictor."""
+        raise NotImplementedError
+
+    def get_image_state(self) -> ImageSnapshot:
+        """The current image's embedding, sizes and decoder state, to restore later with ``set_image_state``
+        (here or in another predictor of the same model dir) without running the encoder again."""
+        self._require_image()
+        exported, nbytes = None, 0
+        if self._state is not None:
+            reused = self._restored is not None and self._restored[0] is self._state
+            exported, nbytes = self._restored[1] if reused else self._export_state(self._state)
+        nbytes += self.features.nbytes
+        return ImageSnapshot(self.features, self.original_size, self.input_size, exported, self._prompts_on_image, nbytes)
+
+    def set_image_state(self, snapshot: ImageSnapshot) -> None:
+        """Make a ``get_image_state`` snapshot the current image; prompts then decode as they would have on it."""
+        self._set_features(snapshot.features, snapshot.original_size, snapshot.input_size)
+        if snapshot.decoder_state is not None:
+            self._state = self._import_state(snapshot.decoder_state)
+            self._restored = (self._state, (snapshot.decoder_state, snapshot.nbytes - snapshot.features.nbytes))
+        self._prompts_on_image = snapshot.prompts
 
     def reset_image(self) -> None:
         """Forget the current image (and its decoder state)."""
@@ -68,6 +113,7 @@ class PredictorBase(ABC):
         self._state: object | None = None
         self._scored: tuple | None = None
         self._prompts_on_image = 0
+        self._restored: tuple | None = None  # (imported state, its exported form) of the last set_image_state
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of an HxWx3 uint8 image (grayscale/RGBA are converted)."""
@@ -164,7 +210,10 @@ class PredictorBase(ABC):
         if self._scored is None:
             raise RuntimeError("call decode_batch_scores(...) on this image before decode_batch_masks")
         coords, labels, iou, low_res = self._scored
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        rows = np.asarray(rows)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"rows must be integer prompt indices, got dtype {rows.dtype}")
+        rows = rows.astype(np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= len(iou)):
             raise ValueError(f"rows must index the {len(iou)} prompts of the last decode_batch_scores call, got {rows.min()}..{rows.max()}")
         if rows.size == 0:  # nothing to decode: never hand OpenVINO an empty batch
@@ -190,7 +239,9 @@ class PredictorBase(ABC):
                 self.timings["decoder_state"] = time.perf_counter() - start
         return self._state
 
-    def _decode_prompts(self, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, batch: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_prompts(
+        self, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, batch: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Decode on the current image: the split decoder for batches and repeated prompts, else ``_decode``."""
         self._prompts_on_image += 1
         if mask is None and (batch or self._prompts_on_image > 1) and self._split_state() is not None:
@@ -200,6 +251,15 @@ class PredictorBase(ABC):
     def upscale(self, low_res_logits: np.ndarray) -> np.ndarray:
         """(C, 256, 256) low-res logits of the current image -> (C, H, W) float32 logits."""
         self._require_image()
+        low_res_logits = np.asarray(low_res_logits)
+        if (
+            low_res_logits.ndim != 3
+            or low_res_logits.shape[1:] != (LOW_RES_SIZE, LOW_RES_SIZE)
+            or not np.issubdtype(low_res_logits.dtype, np.floating)
+        ):
+            raise ValueError(
+                f"low_res_logits must be (C, {LOW_RES_SIZE}, {LOW_RES_SIZE}) float logits, got {low_res_logits.shape} {low_res_logits.dtype}"
+            )
         return postprocess_masks(low_res_logits, self.input_size, self.original_size)
 
 
@@ -228,7 +288,7 @@ class Predictor(PredictorBase):
         split_decoder: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.manifest = Manifest.read(self.model_dir)
+        self.manifest = read_manifest(self.model_dir)
         self.device = device
         core = ov.Core()
         check_device(core, device)
@@ -241,6 +301,7 @@ class Predictor(PredictorBase):
         self._decoders = DecoderGraphs(core, read, self.manifest, device, config, self.static_shapes, bf16, split_decoder)
         self._encoder_request = self._encoder.create_infer_request()
         self._encoder_queue: ov.AsyncInferQueue | None = None
+        self._imports = itertools.count(-1, -1)
         super().__init__(self.manifest.flavour)
 
     def set_image_async(self, image: np.ndarray, image_format: str = "RGB") -> Callable[[], None]:
@@ -271,21 +332,35 @@ class Predictor(PredictorBase):
         try:
             return core.read_model(path)
         except RuntimeError as exc:
-            first = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
-            raise ModelDirError(f"cannot read {path} (corrupt or from an incompatible OpenVINO): {first}") from exc
+            raise ModelDirError(f"cannot read {path} (corrupt or from an incompatible OpenVINO): {error_cause(exc)}") from exc
 
     def _encode(self, input_tensor: np.ndarray) -> np.ndarray:
         result = self._encoder_request.infer({ENCODER_INPUT: input_tensor}, share_inputs=True)
         return result[self._encoder.output(ENCODER_OUTPUT)].copy()
 
-    def _decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(
+        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         return self._decoders.plain(embedding, coords, labels, mask_input)
 
     def _image_state(self, embedding: np.ndarray) -> ImageState | None:
         return self._decoders.image_state(embedding) if self._decoders.has_split else None
 
-    def _decode_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_cached(
+        self, state: ImageState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         return self._decoders.prompt(state, coords, labels, exact_shape)
 
     def _score_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return self._decoders.scores(state, coords, labels)
+
+    def _export_state(self, state: ImageState) -> tuple[list[ov.Tensor], int]:
+        copies = []
+        for tensor in state[1]:
+            copies.append(ov.Tensor(tensor.element_type, tensor.shape))
+            tensor.copy_to(copies[-1])
+        return copies, sum(t.byte_size for t in copies)
+
+    def _import_state(self, exported: list[ov.Tensor]) -> ImageState:
+        # negative generations never equal the decoder's own (positive) ones, so the tensors are bound afresh
+        return next(self._imports), exported

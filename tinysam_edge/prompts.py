@@ -31,9 +31,10 @@ class Prompts:
         return 1
 
 
-def _finite_array(value: object, name: str) -> np.ndarray:
+def _finite_array(value: object, name: str, dtype: type = np.float64) -> np.ndarray:
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused below
+            arr = np.asarray(value, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric, got {type(value).__name__}") from exc
     if not np.all(np.isfinite(arr)):
@@ -50,7 +51,9 @@ def _check_inside(xy: np.ndarray, name: str, original_size: tuple[int, int]) -> 
         raise ValueError(f"{name} ({x:g}, {y:g}) lies outside the {w}x{h} image (x in [0, {w}], y in [0, {h}])")
 
 
-def _check_points(point_coords: object, point_labels: object, batched: bool, original_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _check_points(
+    point_coords: object, point_labels: object, batched: bool, original_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     lead = "B, N" if batched else "N"
     coords = _finite_array(point_coords, "point_coords")
     if coords.ndim != len(lead.split(", ")) + 1 or coords.shape[-1] != 2 or coords.shape[-2] == 0:
@@ -93,7 +96,7 @@ def check_prompts(point_coords: object, point_labels: object, box: object, mask_
     if box is not None:
         boxes = _check_boxes(box, False, original_size)
     if mask_input is not None:
-        mask = _finite_array(mask_input, "mask_input").astype(np.float32)
+        mask = _finite_array(mask_input, "mask_input", np.float32)
         if mask.shape == (LOW_RES_SIZE, LOW_RES_SIZE):
             mask = mask[None]
         if mask.shape != (1, LOW_RES_SIZE, LOW_RES_SIZE):
@@ -114,6 +117,8 @@ def check_batch_prompts(point_coords: object, point_labels: object, boxes: objec
         box_arr = _check_boxes(boxes, True, original_size)
     if coords is None and box_arr is None:
         raise ValueError("give point_coords/point_labels and/or boxes")
+    if (coords if coords is not None else box_arr).shape[0] == 0:
+        raise ValueError("give at least one prompt set (B >= 1); an empty batch has nothing to decode")
     if coords is not None and box_arr is not None and coords.shape[0] != box_arr.shape[0]:
         raise ValueError(f"point_coords has {coords.shape[0]} prompt sets but boxes has {box_arr.shape[0]}")
     return Prompts(coords, labels, box_arr, None)

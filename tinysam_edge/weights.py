@@ -4,7 +4,6 @@ import hashlib
 import http.client
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -36,13 +35,63 @@ _SAM = "https://dl.fbaipublicfiles.com/segment_anything"
 REGISTRY: dict[str, WeightsEntry] = {
     e.name: e
     for e in (
-        WeightsEntry("tinysam_42.3", "tinysam_42.3.pth", f"{_TINYSAM}/3.0/tinysam_42.3.pth", "vit_t", "tinysam", False, "TinySAM release 3.0, COCO AP 42.3"),
-        WeightsEntry("tinysam", "tinysam.pth", f"{_TINYSAM}/1.0/tinysam.pth", "vit_t", "tinysam", False, "TinySAM release 1.0, COCO AP 41.9"),
-        WeightsEntry("tinysam_w8a8", "tinysam_w8a8.pth", f"{_TINYSAM}/2.0/tinysam_w8a8.pth", "vit_t", "tinysam", True, "Q-TinySAM release 2.0: a pickled fake-quant module, needs --trust-pickle"),
-        WeightsEntry("mobile_sam", "mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt", "vit_t", "sam", False, "MobileSAM (same graph, SAM's token-0 single mask)"),
-        WeightsEntry("sam_vit_b", "sam_vit_b_01ec64.pth", f"{_SAM}/sam_vit_b_01ec64.pth", "vit_b", "sam", False, "SAM ViT-B (Meta), distillation teacher, 375 MB"),
-        WeightsEntry("sam_vit_l", "sam_vit_l_0b3195.pth", f"{_SAM}/sam_vit_l_0b3195.pth", "vit_l", "sam", False, "SAM ViT-L (Meta), distillation teacher, 1.25 GB"),
-        WeightsEntry("sam_vit_h", "sam_vit_h_4b8939.pth", f"{_SAM}/sam_vit_h_4b8939.pth", "vit_h", "sam", False, "SAM ViT-H (Meta), the paper's teacher, 2.56 GB"),
+        WeightsEntry(
+            "tinysam_42.3",
+            "tinysam_42.3.pth",
+            f"{_TINYSAM}/3.0/tinysam_42.3.pth",
+            "vit_t",
+            "tinysam",
+            False,
+            "TinySAM release 3.0, COCO AP 42.3",
+        ),
+        WeightsEntry(
+            "tinysam", "tinysam.pth", f"{_TINYSAM}/1.0/tinysam.pth", "vit_t", "tinysam", False, "TinySAM release 1.0, COCO AP 41.9"
+        ),
+        WeightsEntry(
+            "tinysam_w8a8",
+            "tinysam_w8a8.pth",
+            f"{_TINYSAM}/2.0/tinysam_w8a8.pth",
+            "vit_t",
+            "tinysam",
+            True,
+            "Q-TinySAM release 2.0: a pickled fake-quant module, needs --trust-pickle",
+        ),
+        WeightsEntry(
+            "mobile_sam",
+            "mobile_sam.pt",
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            "vit_t",
+            "sam",
+            False,
+            "MobileSAM (same graph, SAM's token-0 single mask)",
+        ),
+        WeightsEntry(
+            "sam_vit_b",
+            "sam_vit_b_01ec64.pth",
+            f"{_SAM}/sam_vit_b_01ec64.pth",
+            "vit_b",
+            "sam",
+            False,
+            "SAM ViT-B (Meta), distillation teacher, 375 MB",
+        ),
+        WeightsEntry(
+            "sam_vit_l",
+            "sam_vit_l_0b3195.pth",
+            f"{_SAM}/sam_vit_l_0b3195.pth",
+            "vit_l",
+            "sam",
+            False,
+            "SAM ViT-L (Meta), distillation teacher, 1.25 GB",
+        ),
+        WeightsEntry(
+            "sam_vit_h",
+            "sam_vit_h_4b8939.pth",
+            f"{_SAM}/sam_vit_h_4b8939.pth",
+            "vit_h",
+            "sam",
+            False,
+            "SAM ViT-H (Meta), the paper's teacher, 2.56 GB",
+        ),
     )
 }
 DEFAULT_WEIGHTS = "tinysam_42.3"
@@ -125,25 +174,27 @@ def fetch(name: str, force: bool = False, progress: bool = True, timeout: float 
     expected = int(response.headers.get("Content-Length") or 0) or None
     digest = hashlib.sha256()
     size = 0
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=target.parent)
     try:
-        with response, os.fdopen(fd, "wb") as out, tqdm(total=expected, unit="B", unit_scale=True, desc=entry.filename, disable=not progress) as bar:
+        with (
+            atomic_write(target) as tmp,
+            response,
+            open(tmp, "wb") as out,
+            tqdm(total=expected, unit="B", unit_scale=True, desc=entry.filename, disable=not progress) as bar,
+        ):
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
                 bar.update(len(chunk))
-        if expected is not None and size != expected:
-            raise WeightsError(f"download of {entry.filename} is incomplete ({size} of {expected} bytes); try again")
-        known = recorded_checksum(entry)
-        if known and (known["size"], known["sha256"]) != (size, digest.hexdigest()):
-            raise WeightsError(f"downloaded {entry.filename} has sha256 {digest.hexdigest()}, but {known['sha256']} was recorded earlier")
-        os.replace(tmp_name, target)
+            if expected is not None and size != expected:
+                raise WeightsError(f"download of {entry.filename} is incomplete ({size} of {expected} bytes); try again")
+            known = recorded_checksum(entry)
+            if known and (known["size"], known["sha256"]) != (size, digest.hexdigest()):
+                raise WeightsError(
+                    f"downloaded {entry.filename} has sha256 {digest.hexdigest()}, but {known['sha256']} was recorded earlier"
+                )
     except (OSError, http.client.HTTPException) as exc:
         raise WeightsError(f"download of {entry.filename} failed ({exc}); {_offline_hint(entry)}") from exc
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
     if not known:
         _record_checksum(entry, size, digest.hexdigest())
     return target

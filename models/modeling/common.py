@@ -1,4 +1,4 @@
-"""Small building blocks shared by the image encoder, prompt encoder and mask decoder."""
+"""Small building blocks shared by the image encoders (window partitioning), the prompt encoder and the mask decoder."""
 
 import torch
 import torch.nn.functional as F
@@ -36,3 +36,32 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin2(self.act(self.lin1(x)))
+
+
+def window_partition(x: torch.Tensor, window_size: int, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad (B, H, W, C) to multiples of ``window_size`` and cut it into (B * windows, ws, ws, C).
+
+    ``size`` is (H, W) as Python ints, so a traced graph (OpenVINO export) keeps the padding static.
+    Returns the windows and the padded (H, W).
+    """
+    h, w = size
+    pad_h = (window_size - h % window_size) % window_size
+    pad_w = (window_size - w % window_size) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    ph, pw = h + pad_h, w + pad_w
+    c = x.shape[-1]
+    x = x.view(-1, ph // window_size, window_size, pw // window_size, window_size, c).transpose(2, 3)
+    return x.reshape(-1, window_size, window_size, c), (ph, pw)
+
+
+def window_unpartition(windows: torch.Tensor, window_size: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: stitch the windows back and crop the padding."""
+    ph, pw = padded
+    h, w = size
+    c = windows.shape[-1]
+    nh, nw = ph // window_size, pw // window_size
+    x = windows.view(-1, nh, nw, window_size, window_size, c).transpose(2, 3).reshape(-1, ph, pw, c)
+    if ph != h or pw != w:
+        x = x[:, :h, :w].contiguous()
+    return x

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, window_partition, window_unpartition
 
 
 class PatchEmbed(nn.Module):
@@ -70,30 +70,6 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
 
 
-def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad (B, H, W, C) to multiples of ``window_size`` and cut it into (B * windows, ws, ws, C)."""
-    b, h, w, c = x.shape
-    pad_h = (window_size - h % window_size) % window_size
-    pad_w = (window_size - w % window_size) % window_size
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    ph, pw = h + pad_h, w + pad_w
-    x = x.view(b, ph // window_size, window_size, pw // window_size, window_size, c).transpose(2, 3)
-    return x.reshape(-1, window_size, window_size, c), (ph, pw)
-
-
-def window_unpartition(windows: torch.Tensor, window_size: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: stitch the windows back and crop the padding."""
-    ph, pw = padded
-    h, w = size
-    c = windows.shape[-1]
-    nh, nw = ph // window_size, pw // window_size
-    x = windows.view(-1, nh, nw, window_size, window_size, c).transpose(2, 3).reshape(-1, ph, pw, c)
-    if ph != h or pw != w:
-        x = x[:, :h, :w].contiguous()
-    return x
-
-
 class Block(nn.Module):
     """Pre-norm transformer block; ``window_size`` 0 means global attention over ``grid_size`` x ``grid_size`` tokens."""
 
@@ -109,7 +85,7 @@ class Block(nn.Module):
         y = self.norm1(x)
         if self.window_size > 0:
             size = (y.shape[1], y.shape[2])
-            windows, padded = window_partition(y, self.window_size)
+            windows, padded = window_partition(y, self.window_size, size)
             y = window_unpartition(self.attn(windows), self.window_size, padded, size)
         else:
             y = self.attn(y)

@@ -28,7 +28,9 @@ class MLP(nn.Module):
 class MaskDecoder(nn.Module):
     """Predicts 4 low-res mask logits (token 0: single-mask output, tokens 1..3: multimask) and their IoU."""
 
-    def __init__(self, transformer_dim: int = 256, num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+    def __init__(
+        self, transformer_dim: int = 256, num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256
+    ) -> None:
         super().__init__()
         self.transformer = TwoWayTransformer(embedding_dim=transformer_dim)
         self.num_mask_tokens = num_multimask_outputs + 1

@@ -5,7 +5,6 @@ from torch import nn
 
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .tiny_vit import TinyViT
 
 
 class Sam(nn.Module):
@@ -18,7 +17,9 @@ class Sam(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, flavour: str = "tinysam") -> None:
+    def __init__(
+        self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, flavour: str = "tinysam"
+    ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder

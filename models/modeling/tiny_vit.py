@@ -7,10 +7,9 @@ state_dict so checkpoints load strictly. The classifier head of the ImageNet mod
 import itertools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, window_partition, window_unpartition
 
 
 class Conv2d_BN(nn.Sequential):
@@ -176,19 +175,9 @@ class TinyViTBlock(nn.Module):
         ws = self.window_size
         if h == ws and w == ws:
             return self.attn(x)
-        x = x.view(b, h, w, c)
-        pad_b = (ws - h % ws) % ws
-        pad_r = (ws - w % ws) % ws
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        ph, pw = h + pad_b, w + pad_r
-        nh, nw = ph // ws, pw // ws
-        x = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-        x = self.attn(x)
-        x = x.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
-        if pad_b or pad_r:
-            x = x[:, :h, :w].contiguous()
-        return x.view(b, length, c)
+        windows, padded = window_partition(x.view(b, h, w, c), ws, (h, w))
+        windows = self.attn(windows.reshape(-1, ws * ws, c)).view(-1, ws, ws, c)
+        return window_unpartition(windows, ws, padded, (h, w)).view(b, length, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.input_resolution
@@ -214,9 +203,7 @@ class BasicLayer(nn.Module):
         out_dim: int | None,
     ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(
-            [TinyViTBlock(dim, input_resolution, num_heads, window_size, mlp_ratio) for _ in range(depth)]
-        )
+        self.blocks = nn.ModuleList([TinyViTBlock(dim, input_resolution, num_heads, window_size, mlp_ratio) for _ in range(depth)])
         self.downsample = PatchMerging(input_resolution, dim, out_dim) if out_dim is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -42,8 +42,11 @@ def sa1b_records(images: Path) -> list[ImageRecord]:
         if not ann_path.is_file():
             raise ValueError(f"{path.name} has no annotation file {ann_path.name} (SA-1B layout: one JSON per image)")
         data = read_json(ann_path, "SA-1B annotation")
-        info = data["image"]
-        records.append(ImageRecord(path.stem, path, info["height"], info["width"], tuple(data["annotations"])))
+        try:
+            info, annotations = data["image"], data["annotations"]
+            records.append(ImageRecord(path.stem, path, int(info["height"]), int(info["width"]), tuple(annotations)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{ann_path} is not an SA-1B annotation file (needs image.height, image.width and annotations)") from exc
     return records
 
 
@@ -74,7 +77,7 @@ def load_records(images: str | Path, annotations: str | Path | None = None) -> l
 def split_records(records: list[ImageRecord], val_fraction: float, seed: int = 0) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Deterministic held-out split: (train, val), with at least one image in each when there are two or more."""
     order = np.random.default_rng(seed).permutation(len(records))
-    n_val = min(max(int(round(len(records) * val_fraction)), 1 if val_fraction > 0 else 0), len(records) - 1)
+    n_val = min(max(round(len(records) * val_fraction), 1 if val_fraction > 0 else 0), len(records) - 1)
     val = sorted(order[:n_val].tolist())
     train = sorted(order[n_val:].tolist())
     return [records[i] for i in train], [records[i] for i in val]

@@ -5,8 +5,8 @@ Layout: ``DIR/meta.json`` (which teacher, whether flipped copies exist) and ``DI
 resumes where it stopped and never leaves a truncated embedding behind.
 """
 
+import io
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +20,18 @@ from tinysam_edge.files import atomic_write
 
 FORMAT_VERSION = 1
 EMBEDDING_SHAPE = (1, 256, 64, 64)
+EMBEDDING_DTYPE = np.dtype(np.float16)
+
+
+def _npy_size() -> int:
+    """Bytes of one cached embedding file: the .npy header that ``np.save`` writes plus the fp16 data."""
+    header = io.BytesIO()
+    fields = {"descr": np.lib.format.dtype_to_descr(EMBEDDING_DTYPE), "fortran_order": False, "shape": EMBEDDING_SHAPE}
+    np.lib.format.write_array_header_1_0(header, fields)
+    return header.tell() + EMBEDDING_DTYPE.itemsize * int(np.prod(EMBEDDING_SHAPE))
+
+
+EMBEDDING_FILE_SIZE = _npy_size()
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,10 @@ class TeacherCache:
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
             raise TinySamError(f"{self.root} is not a teacher cache (no meta.json); create it with: tinysam-edge train cache-teacher")
-        self.meta = CacheMeta(**json.loads(meta_path.read_text()))
+        try:
+            self.meta = CacheMeta(**json.loads(meta_path.read_text()))
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError; TypeError: wrong or missing keys
+            raise TinySamError(f"{meta_path} is damaged ({exc}); rebuild the cache with: tinysam-edge train cache-teacher") from exc
         if self.meta.format != FORMAT_VERSION:
             raise TinySamError(f"{self.root} has cache format {self.meta.format}; this version reads {FORMAT_VERSION}: rebuild it")
 
@@ -54,19 +69,29 @@ class TeacherCache:
         """The file of one embedding."""
         return self.root / f"{key}{'.hflip' if flipped else ''}.npy"
 
+    def intact(self, path: Path) -> bool:
+        """Whether an embedding file exists with the size of a complete one (an empty or truncated file is not)."""
+        return path.is_file() and path.stat().st_size == EMBEDDING_FILE_SIZE
+
     def missing(self, keys: Sequence[str]) -> list[str]:
-        """Keys whose embeddings (and flipped embeddings, if the cache has flips) are not cached."""
-        present = set(os.listdir(self.root))
-        return [k for k in keys if self.path(k).name not in present or (self.flips and self.path(k, True).name not in present)]
+        """Keys whose embeddings (and flipped embeddings, if the cache has flips) are absent or damaged."""
+        return [k for k in keys if not self.intact(self.path(k)) or (self.flips and not self.intact(self.path(k, True)))]
 
     def load(self, key: str, flipped: bool = False) -> np.ndarray:
-        """One (1, 256, 64, 64) float16 embedding."""
+        """One (1, 256, 64, 64) float16 embedding; a missing or damaged file is one ``TinySamError`` naming it."""
         path = self.path(key, flipped)
+        rerun = "run tinysam-edge train cache-teacher again (it resumes and replaces damaged files)"
         if not path.is_file():
+            raise TinySamError(f"teacher embedding {path} is missing; {rerun}")
+        try:
+            embedding = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise TinySamError(f"teacher embedding {path} is damaged ({type(exc).__name__}); {rerun}") from exc
+        if embedding.shape != EMBEDDING_SHAPE or embedding.dtype != EMBEDDING_DTYPE:
             raise TinySamError(
-                f"teacher embedding {path.name} missing from {self.root}; run tinysam-edge train cache-teacher again (it resumes)"
+                f"teacher embedding {path} holds {embedding.dtype} {embedding.shape}, not float16 {EMBEDDING_SHAPE}; {rerun}"
             )
-        return np.load(path)
+        return embedding
 
 
 def build_cache(
@@ -102,10 +127,12 @@ def build_cache(
     for index in tqdm([i for i, k in enumerate(keys) if k in todo], desc="teacher embeddings", unit="img"):
         for flipped in (False, True) if meta.flips else (False,):
             path = cache.path(keys[index], flipped)
-            if path.is_file():
+            if cache.intact(path):
                 continue
             image, _ = load_input(index, flipped)
             embedding = encode(torch.from_numpy(image))
+            if tuple(embedding.shape) != EMBEDDING_SHAPE:
+                raise TinySamError(f"the teacher encoder returned {tuple(embedding.shape)}, not {EMBEDDING_SHAPE}")
             with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
-                np.save(f, embedding.float().cpu().numpy().astype(np.float16))
+                np.save(f, embedding.float().cpu().numpy().astype(EMBEDDING_DTYPE))
     return cache

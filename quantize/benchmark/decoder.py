@@ -39,7 +39,9 @@ def load_official_decoder(sam: Sam) -> OfficialDecoder | None:
     modeling = importlib.import_module("segment_anything.modeling")
     prompt_encoder = modeling.PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16)
     transformer = modeling.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)
-    mask_decoder = modeling.MaskDecoder(num_multimask_outputs=3, transformer=transformer, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    mask_decoder = modeling.MaskDecoder(
+        num_multimask_outputs=3, transformer=transformer, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256
+    )
     weights = sam.state_dict()
     for name, module in (("prompt_encoder.", prompt_encoder), ("mask_decoder.", mask_decoder)):
         module.load_state_dict({k[len(name) :]: v for k, v in weights.items() if k.startswith(name)})
@@ -86,7 +88,13 @@ def _time_clicks(predictor: PredictorBase, image: np.ndarray, points: np.ndarray
         decoder.append(1000 * predictor.timings["decoder"])
         upscale.append(1000 * predictor.timings["postprocess"])
     state = 1000 * predictor.timings.get("decoder_state", float("nan"))
-    return {"first_ms": decoder[0], "second_ms": decoder[1], "state_ms": state, "repeated_ms": statistics.median(decoder[2:]), "upscale_ms": statistics.median(upscale)}
+    return {
+        "first_ms": decoder[0],
+        "second_ms": decoder[1],
+        "state_ms": state,
+        "repeated_ms": statistics.median(decoder[2:]),
+        "upscale_ms": statistics.median(upscale),
+    }
 
 
 def _time_official(official: OfficialDecoder, predictor: PredictorBase, points: np.ndarray) -> dict[str, float]:
@@ -135,7 +143,9 @@ def format_decoder(report: dict) -> str:
     ]
     for name, r in results.items():
         ratio = f"{official['repeated_ms'] / r['repeated_ms']:.2f}" if official else "-"
-        second, state, upscale = (f"{r[k]:.1f}" if r.get(k, float("nan")) == r.get(k) else "-" for k in ("second_ms", "state_ms", "upscale_ms"))
+        second, state, upscale = (
+            f"{r[k]:.1f}" if r.get(k, float("nan")) == r.get(k) else "-" for k in ("second_ms", "state_ms", "upscale_ms")
+        )
         lines.append(f"| {name} | {r['first_ms']:.1f} | {second} | {state} | {r['repeated_ms']:.1f} | {ratio} | {upscale} |")
     lines += ["", "| MACs (matmuls and convolutions) | M |", "| --- | --- |"]
     lines += [f"| {name} | {macs / 1e6:.0f} |" for name, macs in report["macs"].items()]

@@ -13,6 +13,7 @@ import openvino as ov
 import torch
 
 from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor, __version__
+from tinysam_edge.files import atomic_write
 from tinysam_edge.manifest import ENCODER_INPUT, Manifest
 from tinysam_edge.models import TorchPredictor, build_sam
 from tinysam_edge.predictor import PredictorBase
@@ -34,7 +35,7 @@ def cpu_name() -> str:
 class ForeignLoad:
     """Cores' worth of CPU time used by *other* processes during a block (Linux; 0 elsewhere)."""
 
-    def __enter__(self) -> "ForeignLoad":
+    def __enter__(self) -> "ForeignLoad":  # noqa: PYI034 - typing.Self needs Python 3.11
         self._start = (time.perf_counter(), self._busy(), self._own())
         return self
 
@@ -121,7 +122,9 @@ def interleaved_rounds(names: list[str], run: Callable[[str], dict[str, float]],
     return {"rounds": rounds, "clean_rounds": len(clean), "contended": not clean, "foreign_load_cores": loads, "results": results}
 
 
-def _openvino_variants(model_dir: str | Path, device: str, precisions: tuple[str, ...], label: str, plain_too: bool = False) -> dict[str, Predictor]:
+def _openvino_variants(
+    model_dir: str | Path, device: str, precisions: tuple[str, ...], label: str, plain_too: bool = False
+) -> dict[str, Predictor]:
     """One predictor per precision; with ``plain_too`` also one without the split decoder (the baseline)."""
     variants = {}
     for precision in precisions:
@@ -137,11 +140,23 @@ def _environment(device: str) -> dict:
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "device": device,
-        "versions": {"tinysam_edge": __version__, "openvino": ov.get_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+        "versions": {
+            "tinysam_edge": __version__,
+            "openvino": ov.get_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
     }
 
 
-def quick_bench(model_dir: str | Path, checkpoint: str | Path, rounds: int = 10, device: str = "CPU", precisions: tuple[str, ...] = ("f32", "bf16"), log=print) -> dict:
+def quick_bench(
+    model_dir: str | Path,
+    checkpoint: str | Path,
+    rounds: int = 10,
+    device: str = "CPU",
+    precisions: tuple[str, ...] = ("f32", "bf16"),
+    log=print,
+) -> dict:
     """Encoder and one-click latency of torch eager and OpenVINO at each of ``precisions``, interleaved."""
     torch.set_num_threads(os.cpu_count() or 1)
     variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
@@ -169,11 +184,29 @@ def full_bench(
         manifest = Manifest.read(folder)
         for precision in precisions:
             log(f"benchmark_app: {label} encoder, {precision}")
-            apps.append({"model": f"{label} encoder", "precision": precision, **run_benchmark_app(folder / manifest.files["encoder"], device, encoder_shape, precision, seconds)})
+            apps.append(
+                {
+                    "model": f"{label} encoder",
+                    "precision": precision,
+                    **run_benchmark_app(folder / manifest.files["encoder"], device, encoder_shape, precision, seconds),
+                }
+            )
         for batch, what in ((1, "decoder, 1 click"), (64, "decoder, 64 prompts")):
-            shapes = {"image_embeddings": [1, 256, 64, 64], "point_coords": [batch, 2, 2], "point_labels": [batch, 2], "mask_input": [0, 1, 256, 256], "has_mask_input": [1]}
+            shapes = {
+                "image_embeddings": [1, 256, 64, 64],
+                "point_coords": [batch, 2, 2],
+                "point_labels": [batch, 2],
+                "mask_input": [0, 1, 256, 256],
+                "has_mask_input": [1],
+            }
             log(f"benchmark_app: {label} {what}, f32")
-            apps.append({"model": f"{label} {what}", "precision": "f32", **run_benchmark_app(folder / manifest.files["decoder"], device, shapes, "f32", seconds)})
+            apps.append(
+                {
+                    "model": f"{label} {what}",
+                    "precision": "f32",
+                    **run_benchmark_app(folder / manifest.files["decoder"], device, shapes, "f32", seconds),
+                }
+            )
     variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
     for label, folder in dirs.items():
         variants.update(_openvino_variants(folder, device, precisions, label))
@@ -232,7 +265,9 @@ def format_tables(report: dict) -> str:
         lines += ["", "benchmark_app (-hint latency, -ip f32, pinned -infer_precision, static -shape; median of the JSON report):", ""]
         lines += ["| IR | precision (effective) | median ms | throughput FPS |", "| --- | --- | --- | --- |"]
         for r in report["benchmark_app"]:
-            lines.append(f"| {r['model']} | {r['precision']} ({r.get('inference_precision_hint', '?')}) | {r['median_ms']:.2f} | {r['throughput_fps']:.2f} |")
+            lines.append(
+                f"| {r['model']} | {r['precision']} ({r.get('inference_precision_hint', '?')}) | {r['median_ms']:.2f} | {r['throughput_fps']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -250,7 +285,12 @@ def plot(report: dict, path: str | Path) -> None:
         values = [results[n][key] for n in names]
         bars = ax.barh(names, values, color=["#888888"] + ["#1f77b4"] * (len(names) - 1))
         for bar, n in zip(bars, names):
-            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {results[n][key]:.0f} ms ({results[n][key + '_speedup']:.1f}x)", va="center")
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                f" {results[n][key]:.0f} ms ({results[n][key + '_speedup']:.1f}x)",
+                va="center",
+            )
         ax.set_title(f"{title} latency, lower is better")
         ax.set_xlabel("ms (median)")
         ax.invert_yaxis()
@@ -258,7 +298,8 @@ def plot(report: dict, path: str | Path) -> None:
     axes[1].set_yticklabels([])
     fig.suptitle(f"TinySAM on {report['cpu']} ({report['cores']} cores, {report['device']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -291,10 +332,19 @@ def everything_bench(
         masks = generator.generate(image)
         total = time.perf_counter() - start
         stats = generator.stats
-        counts = {k: sum(stats[s][k] for s in ("grid", "stage1", "stage2") if s in stats) for k in ("prompts", "prompts_with_masks", "masks_upscaled")}
+        counts = {
+            k: sum(stats[s][k] for s in ("grid", "stage1", "stage2") if s in stats)
+            for k in ("prompts", "prompts_with_masks", "masks_upscaled")
+        }
         log(f"{name}: {total:.1f} s, {counts['prompts']} prompts, {len(masks)} masks")
         seconds = {f"{k}_s": v for k, v in stats["seconds"].items()}
-        return {"total_s": total, **seconds, **counts, "decoder_ms_per_prompt": 1000 * seconds["decoder_s"] / max(1, counts["prompts"]), "masks": len(masks)}
+        return {
+            "total_s": total,
+            **seconds,
+            **counts,
+            "decoder_ms_per_prompt": 1000 * seconds["decoder_s"] / max(1, counts["prompts"]),
+            "masks": len(masks),
+        }
 
     for name in generators:
         run(name)
@@ -313,10 +363,13 @@ def format_everything(report: dict) -> str:
     h, w = report["image_hw"]
     lines = [
         f"everything mode on a {w}x{h} image, {report['cpu']}, {report['cores']} cores; options {report['options']};"
-        f" medians of {report['clean_rounds']}/{report['rounds']} clean rounds after a warm-up run" + (" (CONTENDED: numbers are noisy)" if report["contended"] else ""),
+        f" medians of {report['clean_rounds']}/{report['rounds']} clean rounds after a warm-up run"
+        + (" (CONTENDED: numbers are noisy)" if report["contended"] else ""),
         "",
-        "| variant | mode | total s | encoder s | decoder s | decoder ms / prompt | upscale + filters s | NMS + output s | prompts"
-        " | prompts with masks | masks upscaled | masks | grid / hierarchical |",
+        (
+            "| variant | mode | total s | encoder s | decoder s | decoder ms / prompt | upscale + filters s | NMS + output s | prompts"
+            " | prompts with masks | masks upscaled | masks | grid / hierarchical |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, modes in report["results"].items():

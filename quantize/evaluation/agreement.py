@@ -5,11 +5,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinysam_edge import TinySamError, load_image
+from tinysam_edge import load_image
 from tinysam_edge.coco import load_ground_truth
 from tinysam_edge.object_prompts import coco_objects, image_rng, model_objects, prompts_for_objects
 from tinysam_edge.predictor import PredictorBase
-
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,8 +51,21 @@ def compare_predictors(
         for prompt in prompts_for_objects(objects, rng):
             ref_masks, ref_scores, _ = reference.predict(**prompt.kwargs(), multimask_output=False)
             cand_masks, cand_scores, _ = candidate.predict(**prompt.kwargs(), multimask_output=False)
-            rows.append({"image": path.name, "kind": prompt.kind, "iou": mask_iou(ref_masks[0], cand_masks[0]), "score_error": float(abs(ref_scores[0] - cand_scores[0]))})
-    return {"objects": "annotations" if coco is not None else "reference-model masks", "images": len(images) - len(skipped), "skipped_images": skipped, "summary": summarize(rows), "prompts": rows}
+            rows.append(
+                {
+                    "image": path.name,
+                    "kind": prompt.kind,
+                    "iou": mask_iou(ref_masks[0], cand_masks[0]),
+                    "score_error": float(abs(ref_scores[0] - cand_scores[0])),
+                }
+            )
+    return {
+        "objects": "annotations" if coco is not None else "reference-model masks",
+        "images": len(images) - len(skipped),
+        "skipped_images": skipped,
+        "summary": summarize(rows),
+        "prompts": rows,
+    }
 
 
 def everything_agreement(reference: PredictorBase, candidate: PredictorBase, image: np.ndarray, min_iou: float = 0.9, **options) -> dict:
@@ -68,7 +80,13 @@ def everything_agreement(reference: PredictorBase, candidate: PredictorBase, ima
     cand = [r["segmentation"] for r in HierarchicalMaskGenerator(candidate, **options).generate(image)]
     best = [max((mask_iou(r, c) for c in cand), default=0.0) for r in ref]
     matched = int(sum(b >= min_iou for b in best))
-    return {"reference_masks": len(ref), "candidate_masks": len(cand), "matched": matched, "matched_fraction": matched / len(ref) if ref else 1.0, "min_iou": min_iou}
+    return {
+        "reference_masks": len(ref),
+        "candidate_masks": len(cand),
+        "matched": matched,
+        "matched_fraction": matched / len(ref) if ref else 1.0,
+        "min_iou": min_iou,
+    }
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -78,7 +96,12 @@ def summarize(rows: list[dict]) -> dict:
         ious = np.array([r["iou"] for r in rows if r["kind"] == kind])
         errors = np.array([r["score_error"] for r in rows if r["kind"] == kind])
         if ious.size:
-            summary[kind] = {"prompts": int(ious.size), "mean_iou": float(ious.mean()), "p5_iou": float(np.percentile(ious, 5)), "mean_abs_score_error": float(errors.mean())}
+            summary[kind] = {
+                "prompts": int(ious.size),
+                "mean_iou": float(ious.mean()),
+                "p5_iou": float(np.percentile(ious, 5)),
+                "mean_abs_score_error": float(errors.mean()),
+            }
     return summary
 
 
@@ -94,5 +117,8 @@ def format_summary(report: dict) -> str:
         lines.append(f"| {kind} | {s['prompts']} | {s['mean_iou']:.4f} | {s['p5_iou']:.4f} | {s['mean_abs_score_error']:.4f} |")
     if "everything" in report:
         e = report["everything"]
-        lines += ["", f"everything mode: {e['matched']} of {e['reference_masks']} reference masks matched at IoU >= {e['min_iou']} ({e['matched_fraction']:.1%}); candidate has {e['candidate_masks']}"]
+        lines += [
+            "",
+            f"everything mode: {e['matched']} of {e['reference_masks']} reference masks matched at IoU >= {e['min_iou']} ({e['matched_fraction']:.1%}); candidate has {e['candidate_masks']}",
+        ]
     return "\n".join(lines)

@@ -1,15 +1,19 @@
 """The ``tinysam-edge`` command line: one module per command group. Torch-side commands import torch only when they run."""
 
 import argparse
+import os
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Sequence
 
-from ..errors import TinySamError
-from . import bench, convert, evaluate, live, segment, train, weights
+from ..errors import TinySamError, error_cause
+from . import bench, convert, evaluate, label, live, segment, serve, train, weights
 from .options import Parser
 
 #: Command groups in the order ``--help`` lists them.
-GROUPS = (weights, segment, convert, bench, evaluate, live, train)
+GROUPS = (weights, segment, convert, bench, evaluate, live, train, label, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,14 +25,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and context manager cleans up (temp files, staged dirs)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"tinysam-edge: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run a subcommand; user errors print one line and exit with status 2."""
+    """Entry point: run a subcommand. Every failure is one line on stderr, never a traceback.
+
+    Exit status: 2 user error, 130 Ctrl-C, 143 SIGTERM, 1 an unexpected error (a bug: its type and
+    message are printed; ``TINYSAM_EDGE_DEBUG=1`` shows the traceback).
+    """
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.func(args)
     except (TinySamError, ValueError, OSError) as exc:
-        print(f"tinysam-edge: error: {exc}", file=sys.stderr)
+        text = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename and exc.strerror else error_cause(exc)
+        print(f"tinysam-edge: error: {text}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("tinysam-edge: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("tinysam-edge: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last line of defence against a traceback
+        if os.environ.get("TINYSAM_EDGE_DEBUG"):
+            raise
+        print(
+            f"tinysam-edge: internal error: {type(exc).__name__}: {error_cause(exc)} (a bug; TINYSAM_EDGE_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        warnings.formatwarning = formatwarning
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -15,8 +15,10 @@ from .options import (
     add_everything_thresholds,
     add_overwrite,
     check_output,
+    check_output_dir,
     log,
     number,
+    refuse_unused,
     thresholds,
     torch_side,
 )
@@ -24,6 +26,8 @@ from .options import (
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to an OpenVINO model dir."""
+    entry = weights.get_entry(args.checkpoint)
+    check_output_dir(args.out, [Path(args.checkpoint), weights.cached_path(entry) if entry else None], replaced=True)
     _, export = torch_side("export")
     manifest = export.export_checkpoint(
         args.checkpoint,
@@ -42,16 +46,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """NNCF W8A8: FP32 model dir + calibration images -> INT8 model dir."""
-    try:
-        from ..quantize import ptq
-    except ImportError as exc:
-        raise TinySamError(f"quantize needs NNCF ({exc}); install it with: pip install 'tinysam-edge[convert]'") from exc
+    if args.max_drop is None:
+        refuse_unused(args, ["held_out", "max_iterations"], "without --max-drop (they set up accuracy control)")
     images = list_images(args.calib)
+    check_output_dir(args.out, [args.model_dir, *images], replaced=True)
     held_out = 0
     if args.max_drop is not None:
         held_out = args.held_out if args.held_out is not None else max(1, len(images) // 5)
         if held_out >= len(images):
             raise TinySamError(f"--held-out {held_out} leaves no calibration image of the {len(images)} found")
+    try:
+        from ..quantize import ptq
+    except ImportError as exc:
+        raise TinySamError(f"quantize needs NNCF ({exc}); install it with: pip install 'tinysam-edge[convert]'") from exc
     report = ptq.quantize_model_dir(
         args.model_dir,
         images,
@@ -75,15 +82,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..predictor import Predictor
     from ..quantize.evaluation.agreement import compare_predictors, everything_agreement, format_summary
 
-    check_output(args.out, args.overwrite, [args.annotations, args.everything], (".json",))
+    if args.everything is None:
+        refuse_unused(args, ["pred_iou_thresh", "stability_score_thresh", "high_score_thresh", "box_nms_thresh"], "without --everything")
+    check_output(args.out, args.overwrite, [args.annotations, args.everything, args.reference, args.candidate, args.images], (".json",))
     images = list_images(args.images)[: args.limit]
     reference = Predictor(args.reference, device=args.device, precision=args.precision)
     candidate = Predictor(args.candidate, device=args.device, precision=args.candidate_precision or args.precision)
     report = compare_predictors(reference, candidate, images, args.annotations, objects_per_image=args.objects_per_image)
     if args.everything is not None:
         image = load_image(args.everything)
-        report["everything"] = everything_agreement(reference, candidate, image, box_nms_thresh=args.box_nms_thresh, **thresholds(args))
-    report.update(reference=str(args.reference), candidate=str(args.candidate), device=candidate.device_used, precision=candidate.precision_used)
+        box_nms = 0.7 if args.box_nms_thresh is None else args.box_nms_thresh
+        report["everything"] = everything_agreement(reference, candidate, image, box_nms_thresh=box_nms, **thresholds(args))
+    report.update(
+        reference=str(args.reference), candidate=str(args.candidate), device=candidate.device_used, precision=candidate.precision_used
+    )
     print(format_summary(report))
     write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"report -> {args.out}")
@@ -92,43 +104,82 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``export``, ``quantize`` and ``compare``."""
-    from ..devices import PRECISIONS
+    _add_export(sub)
+    _add_quantize(sub)
+    _add_compare(sub)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from ..manifest import POINT_SLOTS, STATIC_BATCH
 
     p = sub.add_parser("export", help="export a checkpoint to an OpenVINO model dir")
     p.add_argument("--checkpoint", default=weights.DEFAULT_WEIGHTS, help="checkpoint file or registry name (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="model dir to create")
     p.add_argument("--fp16", action="store_true", help="store weights as FP16 (default: full-precision FP32)")
-    p.add_argument("--point-slots", type=number(int, 1, 64), default=8, help="point slots of the static decoders, 1..64 (default: %(default)s)")
-    p.add_argument("--static-batch", type=number(int, 1, 1024), default=64, help="prompt batch of the static batch decoder, 1..1024 (default: %(default)s)")
+    slots, batch = "{}..{}".format(*POINT_SLOTS), "{}..{}".format(*STATIC_BATCH)
+    p.add_argument(
+        "--point-slots",
+        type=number(int, *POINT_SLOTS),
+        default=8,
+        help=f"point slots of the static decoders, {slots} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--static-batch",
+        type=number(int, *STATIC_BATCH),
+        default=64,
+        help=f"prompt batch of the static batch decoder, {batch} (default: %(default)s)",
+    )
     p.add_argument("--flavour", choices=FLAVOURS, help="single-mask rule recorded in the manifest")
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole pickled module (can run code)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=cmd_export)
 
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="NNCF W8A8 post-training quantization of an exported model dir")
     p.add_argument("--model-dir", type=Path, required=True, help="FP32 model dir from 'tinysam-edge export'")
     p.add_argument("--calib", required=True, help="calibration images: a folder or a glob")
     p.add_argument("--out", type=Path, required=True, help="INT8 model dir to create")
     p.add_argument("--subset-size", type=POSITIVE_INT, default=128, help="calibration samples (default: %(default)s)")
-    p.add_argument("--decoder", choices=["fp", "int8"], default="fp", help="keep the decoder in full precision or quantize it too (default: %(default)s)")
+    p.add_argument(
+        "--decoder",
+        choices=["fp", "int8"],
+        default="fp",
+        help="keep the decoder in full precision or quantize it too (default: %(default)s)",
+    )
     p.add_argument("--max-drop", type=UNIT, help="accuracy control: largest allowed drop of mean best-mask IoU vs FP32, 0..1 (e.g. 0.01)")
-    p.add_argument("--max-iterations", type=POSITIVE_INT, help="accuracy control: most layers to revert to float per model (default: no limit)")
+    p.add_argument(
+        "--max-iterations", type=POSITIVE_INT, help="accuracy control: most layers to revert to float per model (default: no limit)"
+    )
     p.add_argument("--held-out", type=POSITIVE_INT, help="images kept out of calibration to measure the drop (default: 20%% of --calib)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=cmd_quantize)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from ..devices import PRECISIONS
 
     p = sub.add_parser("compare", help="mask agreement of two model dirs (e.g. INT8 or bf16 against FP32 f32) on point and box prompts")
     p.add_argument("--reference", type=Path, required=True, help="reference model dir (FP32)")
     p.add_argument("--candidate", type=Path, required=True, help="candidate model dir (e.g. INT8)")
     p.add_argument("--images", required=True, help="images: a folder or a glob")
     p.add_argument("--annotations", type=Path, help="COCO instances JSON: prompts from real objects")
-    p.add_argument("--objects-per-image", type=POSITIVE_INT, default=4, help="objects (each gives a point and a box prompt) per image (default: %(default)s)")
+    p.add_argument(
+        "--objects-per-image",
+        type=POSITIVE_INT,
+        default=4,
+        help="objects (each gives a point and a box prompt) per image (default: %(default)s)",
+    )
     p.add_argument("--limit", type=POSITIVE_INT, help="use only the first N images")
     add_device_options(p)
-    p.add_argument("--candidate-precision", choices=PRECISIONS, help="the candidate's precision, e.g. bf16 against f32 (default: --precision)")
-    p.add_argument("--everything", type=Path, metavar="IMAGE", help="also: share of the reference's everything-mode masks the candidate matches")
+    p.add_argument(
+        "--candidate-precision", choices=PRECISIONS, help="the candidate's precision, e.g. bf16 against f32 (default: --precision)"
+    )
+    p.add_argument(
+        "--everything", type=Path, metavar="IMAGE", help="also: share of the reference's everything-mode masks the candidate matches"
+    )
     add_everything_thresholds(p, "everything: ")
-    p.add_argument("--box-nms-thresh", type=UNIT, default=0.7, help="everything: (default: %(default)s)")
+    p.add_argument("--box-nms-thresh", type=UNIT, help="everything: box NMS IoU threshold (default: 0.7)")
     p.add_argument("--out", type=Path, default=Path("compare.json"), help="JSON report (default: %(default)s)")
     add_overwrite(p)
     p.set_defaults(func=cmd_compare)

@@ -20,9 +20,13 @@ from .options import (
     add_model_options,
     add_prompt_options,
     check_output,
+    check_output_dir,
     describe,
     make_predictor,
     number,
+    refuse_unused,
+    resolve_path,
+    thresholds,
 )
 
 
@@ -30,7 +34,9 @@ def _ms(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v * 1000, 1) for k, v in timings.items()}
 
 
-def segment_one(predictor: PredictorBase, coords: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None) -> tuple[np.ndarray, float, dict]:
+def segment_one(
+    predictor: PredictorBase, coords: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None
+) -> tuple[np.ndarray, float, dict]:
     """Best single mask (H, W) for one prompt set, its score and the JSON record (``bbox`` XYWH, SAM's convention)."""
     masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box, multimask_output=False)
     mask, score = masks[0], float(scores[0])
@@ -42,10 +48,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Segment one object from point/box prompts and write an overlay."""
     if not args.point and args.box is None:
         raise TinySamError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
-    check_output(args.out, args.overwrite, [args.image])
-    check_output(args.mask_out, args.overwrite, [args.image, args.out], (".png",))
-    if args.mask_out is not None and args.mask_out.resolve() == args.out.resolve():
+    if args.mask_out is not None and resolve_path(args.mask_out) == resolve_path(args.out):
         raise TinySamError("--out and --mask-out are the same file")
+    check_output(args.out, args.overwrite, [args.image])
+    check_output(args.mask_out, args.overwrite, [args.image], (".png",))
     image = load_image(args.image)
     coords = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None
     labels = np.array([p[2] for p in args.point], dtype=np.int64) if args.point else None
@@ -64,7 +70,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         outputs.append((args.mask_out, mask.astype(np.uint8) * 255))
     for path, picture in outputs:
         save_image(path, picture, overwrite=args.overwrite)
-    record = {"image": str(args.image), "size_hw": list(image.shape[:2]), "backend": describe(predictor), "flavour": predictor.flavour, **record}
+    record = {
+        "image": str(args.image),
+        "size_hw": list(image.shape[:2]),
+        "backend": describe(predictor),
+        "flavour": predictor.flavour,
+        **record,
+    }
     record.update(overlay=str(args.out), mask=str(args.mask_out) if args.mask_out else None)
     if args.json:
         print(json.dumps(record, indent=2))
@@ -85,6 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: segment a photo with a point and a box prompt, write overlays, print timings."""
     image_path = args.image or _sample_image()
     outputs = [args.out_dir / "demo_point.png", args.out_dir / "demo_box.png"]
+    check_output_dir(args.out_dir, [image_path, args.model_dir])
     for path in outputs:
         check_output(path, args.overwrite, [image_path])
     image = load_image(image_path)
@@ -97,7 +110,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - start
     predictor.set_image(image)
     print(f"{image_path} ({w}x{h}) on {describe(predictor)}")
-    print(f"  load/compile {1000 * load_s:.0f} ms, preprocess {1000 * predictor.timings['preprocess']:.0f} ms, encoder {1000 * predictor.timings['encoder']:.0f} ms")
+    print(
+        f"  load/compile {1000 * load_s:.0f} ms, preprocess {1000 * predictor.timings['preprocess']:.0f} ms, encoder {1000 * predictor.timings['encoder']:.0f} ms"
+    )
     prompts = [
         ("point", np.array([[w / 2, h / 2]]), np.array([1]), None),
         ("box", None, None, np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4])),
@@ -106,7 +121,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         mask, score, record = segment_one(predictor, coords, labels, box)
         save_image(path, draw_overlay(image, mask, coords, labels, box, score), overwrite=args.overwrite)
         t = record["timings_ms"]
-        print(f"  {name:5s}: score {score:.3f}, area {record['area']} px, decoder {t['decoder']:.0f} ms, postprocess {t['postprocess']:.0f} ms -> {path}")
+        print(
+            f"  {name:5s}: score {score:.3f}, area {record['area']} px, decoder {t['decoder']:.0f} ms, postprocess {t['postprocess']:.0f} ms -> {path}"
+        )
     return 0
 
 
@@ -128,24 +145,30 @@ def cmd_everything(args: argparse.Namespace) -> int:
     from ..visualize import draw_masks
 
     overlay_path, json_path = args.out / "overlay.png", args.out / "masks.json"
+    check_output_dir(args.out, [args.image, args.model_dir])
     for path in (overlay_path, json_path):
         check_output(path, args.overwrite, [args.image], (path.suffix,))
-    image = load_image(args.image)
-    predictor = make_predictor(args)
+    if args.mode == "grid":
+        refuse_unused(args, ["high_score_thresh"], "by --mode grid (it is the hierarchical coverage threshold)")
     options = dict(
         points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
         box_nms_thresh=args.box_nms_thresh,
         min_mask_region_area=args.min_mask_region_area,
         output_mode="binary_mask",
         progress=True,
+        **thresholds(args),
     )
     if args.mode == "hierarchical":
-        generator = HierarchicalMaskGenerator(predictor, high_score_thresh=args.high_score_thresh, **options)
+        if args.points_per_side < HierarchicalMaskGenerator.min_points_per_side:
+            raise TinySamError(
+                f"--mode hierarchical needs --points-per-side >= {HierarchicalMaskGenerator.min_points_per_side}, got {args.points_per_side}"
+            )
     else:
-        generator = MaskGenerator(predictor, **options)
+        options.pop("high_score_thresh")
+    image = load_image(args.image)
+    predictor = make_predictor(args)
+    generator = (HierarchicalMaskGenerator if args.mode == "hierarchical" else MaskGenerator)(predictor, **options)
     start = time.perf_counter()
     records = generator.generate(image)
     total = time.perf_counter() - start
@@ -181,10 +204,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="input image file")
     p.add_argument("--out", type=Path, required=True, help="folder for overlay.png and masks.json")
     p.add_argument("--mode", choices=["hierarchical", "grid"], default="hierarchical", help="(default: %(default)s)")
-    p.add_argument("--points-per-side", type=number(int, 1, 256), default=32, help="full grid density, 1..256 (hierarchical: at least 4) (default: %(default)s)")
+    p.add_argument(
+        "--points-per-side",
+        type=number(int, 1, 256),
+        default=32,
+        help="full grid density, 1..256 (hierarchical: at least 4) (default: %(default)s)",
+    )
     p.add_argument("--points-per-batch", type=POSITIVE_INT, default=64, help="prompts per decoder call (default: %(default)s)")
     add_everything_thresholds(p)
     p.add_argument("--box-nms-thresh", type=UNIT, default=0.7, help="(default: %(default)s)")
-    p.add_argument("--min-mask-region-area", type=NON_NEGATIVE_INT, default=0, help="fill holes / drop islands smaller than this (default: off)")
+    p.add_argument(
+        "--min-mask-region-area", type=NON_NEGATIVE_INT, default=0, help="fill holes / drop islands smaller than this (default: off)"
+    )
     add_model_options(p)
     p.set_defaults(func=cmd_everything)

@@ -1,13 +1,14 @@
 """``train``: distil a TinySAM student from a SAM teacher (the ``[train]`` extra)."""
 
 import argparse
+import re
 from pathlib import Path
 
 from ..errors import TinySamError
-from .options import log
+from .options import POSITIVE_INT, check_output_dir, log, number
 
 
-def _training():  # noqa: ANN202 - the module is only importable with the [train] extra
+def _training():
     try:
         from ..models import training
     except ImportError as exc:
@@ -15,11 +16,28 @@ def _training():  # noqa: ANN202 - the module is only importable with the [train
     return training
 
 
+def torch_device(text: str) -> str:
+    """An argparse type: a torch device name (``auto``, ``cpu``, ``cuda[:N]``, ``xpu[:N]``, ``mps``); whether it exists is checked when used."""
+    if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected a torch device: auto, cpu, cuda, cuda:N, xpu, xpu:N or mps (lower case), got {text!r}")
+    return text
+
+
 def cmd_train_cache(args: argparse.Namespace) -> int:
     """Precompute teacher image embeddings."""
-    cache = _training().cache_teacher(
-        args.teacher, str(args.images), str(args.out), args.annotations, model=args.model, flip=args.flip, device=args.device, amp=args.amp, log=log
-    )
+    check_output_dir(args.out, [args.images, args.annotations, Path(args.teacher)])
+    common = {"model": args.model, "flip": args.flip, "amp": args.amp, "log": log}
+    if args.engine == "ray":
+        try:
+            from ..models.training.teacher_cache_ray import cache_teacher_ray
+        except ImportError as exc:
+            raise TinySamError(f"--engine ray needs PyTorch ({exc}); install it with: pip install 'tinysam-edge[train,scale]'") from exc
+        ray_options = {"workers": args.workers, "cpus_per_worker": args.cpus_per_worker, "address": args.ray_address}
+        cache = cache_teacher_ray(args.teacher, str(args.images), str(args.out), args.annotations, **common, **ray_options)
+    else:
+        if args.ray_address is not None:
+            raise TinySamError("--ray-address needs --engine ray")
+        cache = _training().cache_teacher(args.teacher, str(args.images), str(args.out), args.annotations, device=args.device, **common)
     print(f"teacher embeddings of {cache.meta.checkpoint} in {cache.root}")
     return 0
 
@@ -41,13 +59,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="train_command", required=True, parser_class=Parser)
     p = tsub.add_parser("cache-teacher", help="precompute teacher image embeddings (fp16, resumable)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint file or registry name (e.g. sam_vit_h)")
-    p.add_argument("--model", default="auto", choices=["auto", "vit_t", "vit_b", "vit_l", "vit_h"], help="teacher architecture (default: from the checkpoint)")
+    p.add_argument(
+        "--model",
+        default="auto",
+        choices=["auto", "vit_t", "vit_b", "vit_l", "vit_h"],
+        help="teacher architecture (default: from the checkpoint)",
+    )
     p.add_argument("--images", type=Path, required=True, help="image folder (SA-1B layout: a JSON next to each image)")
     p.add_argument("--annotations", help="COCO instances JSON (COCO layout instead of SA-1B)")
     p.add_argument("--out", type=Path, required=True, help="cache folder (an existing cache of the same teacher is resumed)")
     p.add_argument("--flip", action="store_true", help="also cache horizontally flipped images (needed for data.flip)")
-    p.add_argument("--device", default="auto", help="torch device (default: CUDA when available, else CPU)")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype (default: bf16 on CUDA, off on CPU)")
+    p.add_argument("--device", type=torch_device, default="auto", help="torch device (default: CUDA when available, else CPU)")
+    p.add_argument(
+        "--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype (default: bf16 on CUDA, off on CPU)"
+    )
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="local: this process; ray: CPU actors on Ray (default: %(default)s)"
+    )
+    p.add_argument("--workers", type=POSITIVE_INT, default=1, help="ray: actors (default: %(default)s)")
+    p.add_argument(
+        "--cpus-per-worker",
+        type=number(float, 0.01, 1024),
+        default=1.0,
+        help="ray: CPUs (and torch threads) per actor (default: %(default)s)",
+    )
+    p.add_argument("--ray-address", help="ray: address of an existing cluster (default: start Ray locally)")
     p.set_defaults(func=cmd_train_cache)
     p = tsub.add_parser("distill", help="train a student from a TOML/YAML config (see configs/)")
     p.add_argument("--config", type=Path, required=True, help="config file (.toml, or .yaml with PyYAML)")

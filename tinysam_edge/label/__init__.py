@@ -1,0 +1,6 @@
+"""Batch auto-labelling (``tinysam-edge label``): image lists in, JSON Lines shards and one COCO instances file out.
+
+``inputs`` reads IMAGES and ``--boxes``; ``annotate`` turns an image into its shard line; ``shards``
+writes, validates and merges shards; ``job`` runs or resumes a job; ``local`` and ``ray_engine`` are
+the engines (``ray_engine`` is the only module that imports ray).
+"""

@@ -1,0 +1,140 @@
+"""The job folder: JSON Lines shards written whole and atomically, and the COCO ``annotations.json`` / ``errors.jsonl`` merged from them.
+
+Layout of OUT_DIR::
+
+    job.json                 what the job labels and how (a resumed job must match it)
+    shards/shard-00000.jsonl one line per image, in image order: annotations or an "error"
+    annotations.json         COCO instances file merged from every shard (rebuilt on each run)
+    errors.jsonl             one line per image that could not be labelled, with the reason
+
+A shard file exists only once all its images are done, so a killed job leaves whole shards and at
+most a hidden temporary file, which the next run deletes.
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import TinySamError
+from ..files import atomic_write, write_text
+from .inputs import ImageItem
+
+JOB_FILE = "job.json"
+SHARD_DIR = "shards"
+ANNOTATIONS_FILE = "annotations.json"
+ERRORS_FILE = "errors.jsonl"
+#: What this package writes into OUT_DIR (the only files ``--overwrite`` removes).
+OUTPUTS = (JOB_FILE, ANNOTATIONS_FILE, ERRORS_FILE)
+
+
+def shard_path(out: Path, shard: int) -> Path:
+    """OUT_DIR/shards/shard-NNNNN.jsonl."""
+    return out / SHARD_DIR / f"shard-{shard:05d}.jsonl"
+
+
+def shard_indices(total: int, shard_size: int, shard: int) -> range:
+    """The image indices shard ``shard`` holds."""
+    return range(shard * shard_size, min(total, (shard + 1) * shard_size))
+
+
+def shard_count(total: int, shard_size: int) -> int:
+    return -(-total // shard_size)
+
+
+def remove_partial(out: Path) -> int:
+    """Delete the hidden temporary files an interrupted run left; returns how many."""
+    leftovers = [*(out / SHARD_DIR).glob(".*.tmp"), *out.glob(".*.tmp")] if out.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+def remove_outputs(out: Path) -> None:
+    """``--overwrite``: delete this package's files in OUT_DIR (and nothing else)."""
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for path in (out / SHARD_DIR).glob("shard-*.jsonl"):
+        path.unlink()
+
+
+def _read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def complete_shards(out: Path, total: int, shard_size: int) -> set[int]:
+    """Shards whose file holds exactly their images (in order); any other shard file is deleted, to be redone."""
+    done = set()
+    for shard in range(shard_count(total, shard_size)):
+        path = shard_path(out, shard)
+        if not path.is_file():
+            continue
+        try:
+            indices = [line["index"] for line in _read_lines(path)]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            indices = None
+        if indices == list(shard_indices(total, shard_size, shard)):
+            done.add(shard)
+        else:
+            path.unlink()
+    return done
+
+
+class ShardWriter:
+    """Collects image lines as they come (in any order) and writes each shard once all its images are in."""
+
+    def __init__(self, out: Path, total: int, shard_size: int) -> None:
+        self.out, self.total, self.shard_size = out, total, shard_size
+        self._open: dict[int, dict[int, dict]] = {}
+        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+
+    def add(self, line: dict) -> bool:
+        """Buffer one image line; returns True when this completed (and wrote) its shard."""
+        shard = line["index"] // self.shard_size
+        lines = self._open.setdefault(shard, {})
+        lines[line["index"]] = line
+        expected = shard_indices(self.total, self.shard_size, shard)
+        if len(lines) < len(expected):
+            return False
+        text = "".join(json.dumps(lines[i], separators=(",", ":")) + "\n" for i in expected)
+        write_text(shard_path(self.out, shard), text)
+        del self._open[shard]
+        return True
+
+    @property
+    def buffered(self) -> int:
+        """Images held for shards that are not complete yet."""
+        return sum(len(lines) for lines in self._open.values())
+
+
+def _lines(out: Path, total: int, shard_size: int) -> Iterator[dict]:
+    for shard in range(shard_count(total, shard_size)):
+        path = shard_path(out, shard)
+        if not path.is_file():
+            raise TinySamError(f"{path} is missing; run the job again with --resume to finish it")
+        yield from _read_lines(path)
+
+
+def merge(out: Path, items: list[ImageItem], shard_size: int, categories: list[dict], info: dict) -> dict[str, int]:
+    """Rebuild ``annotations.json`` (COCO instances; ids 1.. in image order) and ``errors.jsonl`` from the shards.
+
+    Annotations stream to the file shard by shard, so only the image list is held in memory. Returns
+    the counts: images labelled, failed, annotations.
+    """
+    images, errors, count = [], [], 0
+    with atomic_write(out / ANNOTATIONS_FILE) as tmp, tmp.open("w") as f:
+        head = json.dumps({"info": info, "licenses": [], "categories": categories})
+        f.write(head[:-1] + ',"annotations":[')
+        for line in _lines(out, len(items), shard_size):
+            if "error" in line:
+                errors.append({"image_id": line["image_id"], "file_name": line["file_name"], "error": line["error"]})
+                continue
+            images.append({"id": line["image_id"], "file_name": line["file_name"], "height": line["height"], "width": line["width"]})
+            for ann in line["annotations"]:
+                count += 1
+                f.write(
+                    ("," if count > 1 else "")
+                    + json.dumps({"id": count, "image_id": line["image_id"], "iscrowd": 0, **ann}, separators=(",", ":"))
+                )
+        f.write('],"images":' + json.dumps(images) + "}\n")
+    write_text(out / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in errors))
+    return {"labelled": len(images), "failed": len(errors), "annotations": count}
