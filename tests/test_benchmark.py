@@ -69,3 +69,25 @@ def test_everything_bench_reports_both_decoders_and_modes(random_model_dir):
         assert modes["grid"]["prompts"] == 16 and modes["hierarchical"]["prompts"] >= 1
         assert modes["grid"]["prompts_with_masks"] == 16 and modes["grid"]["decoder_ms_per_prompt"] > 0
     assert report["rounds"] == 1 and "| openvino fp32-IR f32 (CPU, split decoder) | hierarchical |" in format_everything(report)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], ("f32", "bf16")), (["--precision", "bf16"], ("bf16",)), (["--precision", "f16", "--precision", "f32"], ("f16", "f32"))],
+)
+def test_bench_times_the_precisions_asked_for(flags, expected, random_model_dir, tmp_path, monkeypatch):
+    """``bench --precision`` selects the OpenVINO precisions that are timed (it was once accepted and ignored)."""
+    from tinysam_edge.cli import main
+    from tinysam_edge.quantize.benchmark import pipeline
+
+    seen = {}
+
+    def fake_quick_bench(model_dir, checkpoint, **kwargs):
+        seen.update(kwargs)
+        return {}
+
+    monkeypatch.setattr(pipeline, "quick_bench", fake_quick_bench)
+    monkeypatch.setattr(pipeline, "format_tables", lambda report: "table")
+    monkeypatch.setattr(pipeline, "plot", lambda report, path: None)
+    assert main(["bench", "--quick", "--model-dir", str(random_model_dir), "--out-dir", str(tmp_path / "out"), *flags]) == 0
+    assert seen["precisions"] == expected

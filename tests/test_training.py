@@ -437,10 +437,8 @@ def _cli(*args) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(random_checkpoint, shapes_sa1b, tmp_path_factory):
-    """cache-teacher + 20 distillation steps through the CLI: parity weights (else a random model) teach a fresh student."""
-    tmp = tmp_path_factory.mktemp("smoke")
+def _smoke(random_checkpoint: Path, shapes_sa1b: Path, tmp: Path, steps: int) -> Path:
+    """cache-teacher + ``steps`` distillation steps through the CLI: parity weights (else a random model) teach a fresh student."""
     if COCO8.is_file():
         images = tmp / "images"  # three coco_mini images (links, not copies)
         images.mkdir()
@@ -459,11 +457,17 @@ def smoke_run(random_checkpoint, shapes_sa1b, tmp_path_factory):
         f'[teacher]\ncheckpoint = "{teacher}"\ncache = "{tmp / "cache"}"\n'
         '[student]\ninit = "scratch"\ndecoder_from_teacher = false\n'
         "[sampler]\nmax_iterations = 2\n"
-        "[optim]\nlr = 1e-3\nwarmup_steps = 2\nmax_steps = 20\nbatch_size = 1\n"
-        f'[run]\nout = "{tmp / "run"}"\nlog_every = 1\nval_every = 20\nsave_every = 10\n'
+        f"[optim]\nlr = 1e-3\nwarmup_steps = 2\nmax_steps = {steps}\nbatch_size = 1\n"
+        f'[run]\nout = "{tmp / "run"}"\nlog_every = 1\nval_every = {steps}\nsave_every = {steps // 2}\n'
     )
     _cli("train", "distill", "--config", config)
     return tmp
+
+
+@pytest.fixture(scope="module")
+def smoke_run(random_checkpoint, shapes_sa1b, tmp_path_factory):
+    """The default suite's smoke run: 4 steps, enough to checkpoint, export and resume."""
+    return _smoke(random_checkpoint, shapes_sa1b, tmp_path_factory.mktemp("smoke"), steps=4)
 
 
 def _log_rows(run) -> list[dict]:
@@ -471,7 +475,10 @@ def _log_rows(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_smoke_distillation_loss_goes_down(smoke_run):
+@pytest.mark.slow
+def test_smoke_distillation_loss_goes_down(random_checkpoint, shapes_sa1b, tmp_path):
+    """20 steps (about 100 s on 2 cores, so in the slow suite): the loss falls and the outputs are complete."""
+    smoke_run = _smoke(random_checkpoint, shapes_sa1b, tmp_path, steps=20)
     rows = _log_rows(smoke_run / "run")
     assert [int(r["step"]) for r in rows] == list(range(1, 21))
     total = [float(r["total"]) for r in rows]
@@ -508,10 +515,11 @@ def _private_run(smoke_run, tmp_path) -> tuple[Path, list[str]]:
 
 def test_smoke_run_resumes_from_its_last_state(smoke_run, tmp_path):
     run, resume = _private_run(smoke_run, tmp_path)
-    _cli(*resume, "--set", "optim.max_steps=22")
-    assert [int(r["step"]) for r in _log_rows(run)] == list(range(1, 23))
+    assert [int(r["step"]) for r in _log_rows(run)] == list(range(1, 5))
+    _cli(*resume, "--set", "optim.max_steps=6")
+    assert [int(r["step"]) for r in _log_rows(run)] == list(range(1, 7))
     state = torch.load(run / "train_state.pt", map_location="cpu", weights_only=True)
-    assert state["step"] == 22 and state["optimizer"]["state"]
+    assert state["step"] == 6 and state["optimizer"]["state"]
 
 
 def test_resume_from_a_truncated_state_is_one_clear_error(smoke_run, tmp_path, capsys):

@@ -29,7 +29,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every ``finally`` and context manager cleans up (temp files, staged dirs)."""
 
 
+_TERMINATED = threading.Event()
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    _TERMINATED.set()  # a library may turn the exception into its own error on the way out: the flag still says why
     raise Terminated
 
 
@@ -46,27 +50,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    _TERMINATED.clear()
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = formatwarning
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run one parsed command and map every failure to one line and an exit status (see ``main``)."""
     try:
         return args.func(args)
-    except (TinySamError, ValueError, OSError) as exc:
-        text = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename and exc.strerror else error_cause(exc)
-        print(f"tinysam-edge: error: {text}", file=sys.stderr)
-        return 2
     except Terminated:
         print("tinysam-edge: terminated", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("tinysam-edge: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # the last line of defence against a traceback
-        if os.environ.get("TINYSAM_EDGE_DEBUG"):
+    except Exception as exc:
+        if _TERMINATED.is_set():  # a library turned the SIGTERM into its own error on the way out
+            print("tinysam-edge: terminated", file=sys.stderr)
+            return 143
+        if isinstance(exc, (TinySamError, ValueError, OSError)):
+            text = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename and exc.strerror else error_cause(exc)
+            print(f"tinysam-edge: error: {text}", file=sys.stderr)
+            return 2
+        if os.environ.get("TINYSAM_EDGE_DEBUG"):  # the last line of defence against a traceback, unless asked for one
             raise
         print(
             f"tinysam-edge: internal error: {type(exc).__name__}: {error_cause(exc)} (a bug; TINYSAM_EDGE_DEBUG=1 shows where)",
             file=sys.stderr,
         )
         return 1
-    finally:
-        warnings.formatwarning = formatwarning
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
