@@ -93,21 +93,16 @@ class TeacherCache:
             )
         return embedding
 
+    def store(self, key: str, flipped: bool, embedding: np.ndarray) -> None:
+        """Write one (1, 256, 64, 64) embedding as float16, atomically (a crash leaves no partial file)."""
+        if tuple(embedding.shape) != EMBEDDING_SHAPE:
+            raise TinySamError(f"the teacher encoder returned {tuple(embedding.shape)}, not {EMBEDDING_SHAPE}")
+        with atomic_write(self.path(key, flipped)) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
+            np.save(f, embedding.astype(EMBEDDING_DTYPE))
 
-def build_cache(
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    load_input: Callable[[int, bool], tuple[np.ndarray, tuple[int, int]]],
-    keys: Sequence[str],
-    out_dir: str | Path,
-    meta: CacheMeta,
-    log: Callable[[str], None] = print,
-) -> TeacherCache:
-    """Encode every image not cached yet and store fp16 embeddings in ``out_dir``; resumes an existing cache.
 
-    ``encode`` maps a (1, 3, 1024, 1024) float tensor to its (1, 256, 64, 64) embedding and
-    ``load_input(index, flipped)`` gives image ``index`` preprocessed. An existing cache of another
-    teacher is refused rather than mixed.
-    """
+def open_cache(out_dir: str | Path, meta: CacheMeta) -> TeacherCache:
+    """The teacher cache in ``out_dir`` for ``meta``, created if new; an existing cache of another teacher is refused, not mixed."""
     out = Path(out_dir)
     meta_path = out / "meta.json"
     if meta_path.is_file():
@@ -120,19 +115,29 @@ def build_cache(
         raise TinySamError(f"{out} exists and is not a teacher cache; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(asdict(meta), indent=1))
-    cache = TeacherCache(out)
+    return TeacherCache(out)
 
+
+def build_cache(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    load_input: Callable[[int, bool], tuple[np.ndarray, tuple[int, int]]],
+    keys: Sequence[str],
+    out_dir: str | Path,
+    meta: CacheMeta,
+    log: Callable[[str], None] = print,
+) -> TeacherCache:
+    """Encode every image not cached yet and store fp16 embeddings in ``out_dir`` (see ``open_cache``); resumes an existing cache.
+
+    ``encode`` maps a (1, 3, 1024, 1024) float tensor to its (1, 256, 64, 64) embedding and
+    ``load_input(index, flipped)`` gives image ``index`` preprocessed.
+    """
+    cache = open_cache(out_dir, meta)
     todo = set(cache.missing(keys))
-    log(f"teacher cache {out}: {len(keys) - len(todo)} of {len(keys)} images done, encoding {len(todo)}")
+    log(f"teacher cache {cache.root}: {len(keys) - len(todo)} of {len(keys)} images done, encoding {len(todo)}")
     for index in tqdm([i for i, k in enumerate(keys) if k in todo], desc="teacher embeddings", unit="img"):
         for flipped in (False, True) if meta.flips else (False,):
-            path = cache.path(keys[index], flipped)
-            if cache.intact(path):
+            if cache.intact(cache.path(keys[index], flipped)):
                 continue
             image, _ = load_input(index, flipped)
-            embedding = encode(torch.from_numpy(image))
-            if tuple(embedding.shape) != EMBEDDING_SHAPE:
-                raise TinySamError(f"the teacher encoder returned {tuple(embedding.shape)}, not {EMBEDDING_SHAPE}")
-            with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
-                np.save(f, embedding.float().cpu().numpy().astype(EMBEDDING_DTYPE))
+            cache.store(keys[index], flipped, encode(torch.from_numpy(image)).float().cpu().numpy())
     return cache

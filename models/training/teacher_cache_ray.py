@@ -95,22 +95,20 @@ def cache_teacher_ray(
     log: Callable[[str], None] = print,
 ) -> "TeacherCache":
     """``cache_teacher`` on Ray: same arguments and cache, CPU actors instead of one device."""
-    from tinysam_edge.files import atomic_write
     from tinysam_edge.weights import resolve_checkpoint, sha256_file
 
     from ..build_sam import build_sam, infer_model_name
     from .data import load_records
-    from .teacher_cache import CacheMeta, build_cache
+    from .teacher_cache import CacheMeta, open_cache
 
     path, _ = resolve_checkpoint(checkpoint)
     records = load_records(images, annotations)
     name = infer_model_name(build_sam(model, checkpoint=path).state_dict())
     meta = CacheMeta(model=name, checkpoint=Path(path).name, sha256=sha256_file(Path(path)), flips=flip)
-    cache = build_cache(lambda image: image, lambda index, flipped: None, [], out, meta, log=lambda _: None)  # checks and creates
+    cache = open_cache(out, meta)
     keys = [r.key for r in records]
     jobs = [(i, f) for i, key in enumerate(keys) for f in ((False, True) if flip else (False,)) if not cache.intact(cache.path(key, f))]
     log(f"teacher cache {out}: encoding {len(jobs)} embeddings of {len(keys)} images on Ray ({workers} actors)")
     for index, flipped, embedding in encode_on_ray(str(path), model, records, jobs, amp, workers, cpus_per_worker, address):
-        with atomic_write(cache.path(keys[index], flipped)) as tmp, open(tmp, "wb") as f:
-            np.save(f, embedding)
+        cache.store(keys[index], flipped, embedding)
     return cache
