@@ -18,7 +18,7 @@ from ..devices import device_family
 from ..errors import TinySamError
 from ..image import load_image
 from ..mask_generator import UPSCALE_BUDGET_PIXELS
-from ..masks import MASK_THRESHOLD, box_xywh, encode_rle
+from ..masks import MASK_THRESHOLD, box_xywh, encode_rle, mask_to_box
 from ..weights import cache_dir
 from .inputs import OBJECT_CATEGORY
 
@@ -39,24 +39,16 @@ class Task:
     everything: dict = field(default_factory=dict)
 
 
-def _rle_bytes(rle: dict) -> dict:
-    return {"size": rle["size"], "counts": rle["counts"].encode("utf-8")}
-
-
 def annotation(mask: np.ndarray, category_id: int, score: float, predicted_iou: float, stability: float, prompt: dict) -> dict:
-    """One mask (H, W) bool -> its record: COCO RLE, area, COCO ``bbox`` [x, y, w, h] from ``toBbox``, scores and the prompt."""
-    from pycocotools import mask as mask_utils  # encode_rle has already checked that it is installed
-
-    rle = encode_rle(mask)
-    bbox = [int(v) for v in mask_utils.toBbox(_rle_bytes(rle))]
+    """One mask (H, W) bool -> its record: COCO RLE, area, COCO ``bbox`` [x, y, w, h] (pixel edges, as ``toBbox``), scores and the prompt."""
     return {
         "category_id": int(category_id),
         "score": float(score),
         "predicted_iou": float(predicted_iou),
         "stability_score": float(stability),
-        "segmentation": rle,
-        "area": int(mask_utils.area(_rle_bytes(rle))),
-        "bbox": bbox,
+        "segmentation": encode_rle(mask),
+        "area": int(np.count_nonzero(mask)),
+        "bbox": box_xywh(mask_to_box(mask, pixel_edges=True)),
         "prompt": prompt,
     }
 
