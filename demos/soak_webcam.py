@@ -14,7 +14,7 @@ import numpy as np
 
 from tinysam_edge.cli.options import POSITIVE_INT, parse_point
 from tinysam_edge.errors import TinySamError
-from tinysam_edge.live import FrameSource, PersistentPrompts, run, summarize
+from tinysam_edge.live import PREDICTOR_OPTIONS, FrameSource, PersistentPrompts, run, summarize
 from tinysam_edge.predictor import Predictor
 
 
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--point", type=parse_point, default=(480.0, 270.0, 1), help="persistent click X,Y (default: 480,270)")
     args = parser.parse_args()
     try:
-        predictor = Predictor(args.model_dir, precision=args.precision)
+        predictor = Predictor(args.model_dir, precision=args.precision, **PREDICTOR_OPTIONS)
         timings = run(predictor, LoopedClip(args.video), PersistentPrompts([args.point]), args.frames)
     except TinySamError as exc:
         print(f"error: {exc}", file=sys.stderr)

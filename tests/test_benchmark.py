@@ -73,17 +73,23 @@ def test_everything_bench_reports_both_decoders_and_modes(random_model_dir):
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [([], ("f32", "bf16")), (["--precision", "bf16"], ("bf16",)), (["--precision", "f16", "--precision", "f32"], ("f16", "f32"))],
+    [
+        ([], ("f32", "bf16")),
+        (["--precision", "bf16"], ("bf16",)),
+        (["--precision", "f16", "--precision", "f32"], ("f16", "f32")),
+        (["--int8-dir", "INT8"], ("f32", "bf16")),
+    ],
 )
-def test_bench_times_the_precisions_asked_for(flags, expected, random_model_dir, tmp_path, monkeypatch):
-    """``bench --precision`` selects the OpenVINO precisions that are timed (it was once accepted and ignored)."""
+def test_bench_times_the_precisions_and_dirs_asked_for(flags, expected, random_model_dir, tmp_path, monkeypatch):
+    """``bench --quick`` times the precisions of ``--precision`` and the ``--int8-dir`` (each was once accepted and ignored)."""
     from tinysam_edge.cli import main
     from tinysam_edge.quantize.benchmark import pipeline
 
     seen = {}
+    flags = [str(random_model_dir) if flag == "INT8" else flag for flag in flags]
 
-    def fake_quick_bench(model_dir, checkpoint, **kwargs):
-        seen.update(kwargs)
+    def fake_quick_bench(model_dir, int8_dir, checkpoint, **kwargs):
+        seen.update(kwargs, int8_dir=int8_dir)
         return {}
 
     monkeypatch.setattr(pipeline, "quick_bench", fake_quick_bench)
@@ -91,3 +97,4 @@ def test_bench_times_the_precisions_asked_for(flags, expected, random_model_dir,
     monkeypatch.setattr(pipeline, "plot", lambda report, path: None)
     assert main(["bench", "--quick", "--model-dir", str(random_model_dir), "--out-dir", str(tmp_path / "out"), *flags]) == 0
     assert seen["precisions"] == expected
+    assert seen["int8_dir"] == (random_model_dir if "--int8-dir" in flags else None)

@@ -30,6 +30,7 @@ from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor
 from tinysam_edge.cli import main
 from tinysam_edge.devices import compile_config
 from tinysam_edge.errors import ModelDirError
+from tinysam_edge.files import atomic_write
 from tinysam_edge.manifest import FORMAT, FORMAT_VERSION
 from tinysam_edge.predictor import PredictorBase
 
@@ -561,37 +562,21 @@ def test_unwritable_mask_fails_before_the_overlay(world, capsys, random_model_di
     assert not out.exists()
 
 
-SIGTERM_CHILD = """
-import os, signal, sys
-from pathlib import Path
-import tinysam_edge.weights
-from tinysam_edge.cli import main
-from tinysam_edge.files import atomic_write
-target = Path(sys.argv[1])
+def test_sigterm_is_handled_like_ctrl_c(world, capsys, monkeypatch):
+    """SIGTERM raises inside the command, so its temp files go as they do on Ctrl-C; the exit status is 143."""
+    target = world / "weights-list.txt"
 
-def terminated_while_writing():  # stands in for any command's slow write
-    with atomic_write(target) as tmp:
-        tmp.write_text("half")
-        os.kill(os.getpid(), signal.SIGTERM)
-    return target.parent
+    def terminated_while_writing():  # stands in for any command's slow write
+        with atomic_write(target) as tmp:
+            tmp.write_text("half")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return world
 
-tinysam_edge.weights.cache_dir = terminated_while_writing
-handler = signal.getsignal(signal.SIGTERM)
-status = main(["weights", "list"])
-print(status, signal.getsignal(signal.SIGTERM) is handler)
-"""
-
-
-def test_sigterm_is_handled_like_ctrl_c(tmp_path):
-    """SIGTERM raises inside the command, so its temp files go as they do on Ctrl-C; the exit status is 143.
-
-    It runs in a child interpreter: a SIGTERM sent to the pytest process itself, after earlier tests
-    left OpenVINO and torch thread pools running in it, has crashed that process.
-    """
-    target = tmp_path / "weights-list.txt"
-    result = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, str(target)], capture_output=True, text=True, timeout=120, check=False)
-    assert result.stdout.split() == ["143", "True"], result.stdout + result.stderr  # main() restores the handler it found
-    assert result.stderr == "tinysam-edge: terminated\n" and not target.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("tinysam_edge.weights.cache_dir", terminated_while_writing)
+    handler = signal.getsignal(signal.SIGTERM)
+    status, stderr = run(capsys, ["weights", "list"])
+    assert status == 143 and stderr == "tinysam-edge: terminated\n" and not target.exists()
+    assert signal.getsignal(signal.SIGTERM) is handler  # main() restores the handler it found
 
 
 def _process(*args: str, **kwargs) -> subprocess.Popen:

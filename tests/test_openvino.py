@@ -243,3 +243,25 @@ def test_runtime_runs_with_torch_and_nncf_blocked(random_model_dir):
     )
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+DROPPED_IN_CREATION_ORDER = """
+import gc, os, signal, sys
+from tinysam_edge import Predictor
+first, second = (Predictor(sys.argv[1], specialized_graphs=0) for _ in range(2))  # no decoder graph: the encoder's plugin is enough
+del first
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGTERM, lambda *_: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_signals_still_work_after_predictors_are_dropped_in_creation_order(random_model_dir):
+    """With an ``ov.Core`` per predictor, OpenVINO's CPU plugin left the thread on an unmapped signal stack
+    and the next signal killed the process with SIGSEGV (docs/robustness.md); predictors share one Core."""
+    result = subprocess.run(
+        [sys.executable, "-c", DROPPED_IN_CREATION_ORDER, str(random_model_dir)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0 and result.stdout == "handled\n", (result.returncode, result.stderr[-2000:])

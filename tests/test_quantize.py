@@ -43,6 +43,19 @@ def test_int8_ir_is_quantized_and_loads(int8_dir, parity_model_dir):
         assert masks.shape == (3, 200, 300) and np.isfinite(scores).all() and np.isfinite(low).all()
 
 
+def test_int8_encoder_runs_every_convolution_and_linear_layer_in_int8(int8_dir):
+    # With NNCF's default per-channel activation quantizers, 10 of the encoder's 15 depthwise convolutions ran in f32.
+    compiled = ov.Core().compile_model(int8_dir / "encoder.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    layers = collections.Counter()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind == "Convolution" or kind.startswith("FullyConnected"):
+            layers[(kind.removesuffix("QuantizedLegacy"), info["runtimePrecision"].astype(str))] += 1
+    assert {precision for _, precision in layers} <= {"i8", "u8"}, layers
+    assert sum(n for (kind, _), n in layers.items() if kind == "Convolution") == 29 and sum(layers.values()) == 69, layers
+
+
 def test_accuracy_report(int8_dir, parity_model_dir, coco_images):
     annotations = require(DATA / "coco_mini" / "annotations" / "instances_coco128seg.json")
     pytest.importorskip("pycocotools")

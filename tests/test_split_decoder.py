@@ -122,6 +122,26 @@ def test_policy_first_click_plain_batches_split_reset_on_new_image(random_model_
         p.decode_batch_masks(np.array([0]))
 
 
+def test_low_memory_predictor_compiles_one_graph_per_decoder_on_first_use(random_model_dir):
+    image = np.random.default_rng(8).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    click = {"point_coords": np.array([[100, 120]]), "point_labels": np.array([1])}
+    clicks = {"point_coords": np.array([[100, 120], [300, 200], [50, 250]]), "point_labels": np.array([1, 0, 1])}
+    points = np.random.default_rng(9).uniform(10, 290, (4, 1, 2))
+    eager, lean = Predictor(random_model_dir), Predictor(random_model_dir, specialized_graphs=0)
+    assert not lean._decoders._compiled and lean._decoders._image is None  # nothing compiled before it is used
+    assert ("plain", 1, 2, 0) in eager._decoders._compiled and eager._decoders._image is not None
+    results = []
+    for p in (eager, lean):
+        p.set_image(image)
+        first, again, several = (p.predict(**prompt)[2] for prompt in (click, click, clicks))
+        results.append((first, again, several, p.decode_batch(points, np.ones((4, 1)))[0]))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
+    assert set(lean._decoders._compiled) == {("plain", None), ("prompt", None)} and lean._decoders._image is not None
+    with pytest.raises(ValueError, match="specialized_graphs"):
+        Predictor(random_model_dir, specialized_graphs=-1)
+
+
 def test_torch_scores_then_masks(random_model):
     p = TorchPredictor(random_model)
     p.set_image(np.random.default_rng(6).integers(0, 256, (200, 260, 3), dtype=np.uint8))

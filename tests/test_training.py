@@ -24,7 +24,7 @@ from tinysam_edge.errors import TinySamError
 from tinysam_edge.models import build_sam
 from tinysam_edge.models.training import cache_teacher, losses
 from tinysam_edge.models.training.config import read_config
-from tinysam_edge.models.training.data import SegmentationDataset, load_records, split_records, to_low_res
+from tinysam_edge.models.training.data import SegmentationDataset, load_records, make_loader, split_records, to_low_res
 from tinysam_edge.models.training.prompt_sampling import CELL, SamplerConfig, error_points, first_prompts, hard_prompts
 from tinysam_edge.models.training.teacher_cache import CacheMeta, build_cache
 
@@ -239,26 +239,13 @@ def test_flips_are_seeded_per_sample_and_mirror_masks(shapes_sa1b):
                 assert max(losses.mask_iou(m.flip(-1), q).item() for q in p["masks"]) > 0.98
 
 
-LOADER_CHECK = """
-import sys, torch
-from tinysam_edge.models.training.data import SegmentationDataset, load_records, make_loader
-data = SegmentationDataset(load_records(sys.argv[1]), flip=True, seed=1)
-batches = [list(make_loader(data, batch_size=2, num_workers=n, shuffle=True, seed=3)) for n in (0, 2)]
-assert len(batches[0]) == len(batches[1]) == 2
-for a, b in zip(*batches):
-    assert a["key"] == b["key"] and a["flipped"] == b["flipped"], (a["key"], b["key"])
-    assert torch.equal(a["image"], b["image"]) and all(torch.equal(x, y) for x, y in zip(a["masks"], b["masks"]))
-print("same batches")
-"""
-
-
 def test_loader_with_worker_processes_matches_in_process_loading(shapes_sa1b):
-    # In a child interpreter, as in a training run. Inside the long pytest process (after the OpenVINO and
-    # NNCF tests) using worker processes was followed by a heap crash in a later test.
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER_CHECK, str(shapes_sa1b)], check=False, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0 and "same batches" in result.stdout, result.stderr[-3000:]
+    data = SegmentationDataset(load_records(shapes_sa1b), flip=True, seed=1)
+    batches = [list(make_loader(data, batch_size=2, num_workers=n, shuffle=True, seed=3)) for n in (0, 2)]
+    assert len(batches[0]) == 2
+    for a, b in zip(*batches, strict=True):
+        assert a["key"] == b["key"] and a["flipped"] == b["flipped"]
+        assert torch.equal(a["image"], b["image"]) and all(torch.equal(x, y) for x, y in zip(a["masks"], b["masks"], strict=True))
 
 
 def test_split_is_deterministic_and_disjoint(shapes_sa1b):

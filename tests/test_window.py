@@ -129,6 +129,7 @@ def _overlay(
 
 
 def test_window_with_real_clicks_and_keys(display, parity_model_dir, tmp_path):
+    from tinysam_edge.live import PREDICTOR_OPTIONS
     from tinysam_edge.predictor import Predictor
 
     video = require(DATA / "video" / "sam2_bedroom.mp4")
@@ -153,7 +154,7 @@ def test_window_with_real_clicks_and_keys(display, parity_model_dir, tmp_path):
         screen.click(*live_point[:2])  # while the video plays: the point persists on the following frames
         screen.wait_title(f"stopped at --max-frames {FRAMES}")
         last = frames[-1]
-        predictor = Predictor(parity_model_dir)
+        predictor = Predictor(parity_model_dir, **PREDICTOR_OPTIONS)  # built as the webcam command builds it
         predictor.set_image(last)
         expected, live_area = _overlay(predictor, last, [live_point])
         screen.wait_shows(expected)

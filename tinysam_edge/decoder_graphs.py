@@ -81,9 +81,13 @@ class DecoderGraphs:
 
     ``read(role)`` returns the ``ov.Model`` of a manifest role. ``split=False`` leaves the split decoder
     out. With ``bf16`` its per-image tensors stay in bf16 between the graphs (no per-prompt conversion).
+    On CPU each graph (about 20-90 MB compiled) is compiled on first use; ``specialize`` caps how many
+    are compiled for one exact prompt shape (faster), other shapes run the dynamic graphs. With
+    ``specialize > 0`` the graphs of a first and of a repeated click are compiled up front, so no
+    click waits for a compile; ``specialize=0`` keeps memory low (one graph serves every prompt).
     """
 
-    #: How many exact (graph, batch, points, masks) shapes are compiled on first use; rarer shapes run dynamic.
+    #: Default cap on graphs compiled for one exact (graph, batch, points, masks) shape.
     MAX_SPECIALIZED = 12
 
     def __init__(
@@ -96,14 +100,18 @@ class DecoderGraphs:
         static: bool,
         bf16: bool,
         split: bool = True,
+        specialize: int = MAX_SPECIALIZED,
     ) -> None:
         self._core, self._device, self._config, self.static = core, device, config, static
         self._compiled: dict[object, ov.CompiledModel] = {}
         self._requests: dict[object, ov.InferRequest] = {}
         self._bound: dict[object, int] = {}  # request key -> generation of the image state bound to it
         self._generation = 0
-        self._graphs: dict[str, ov.Model] = {}
         self._image: ov.InferRequest | None = None
+        self._specialize, self._specialized = specialize, 0
+        self._read, self._bf16 = read, bf16
+        #: Whether the split (per-image state) decoder is available (never with the static IRs).
+        self.has_split = not static and split and all(role in manifest.files for role in SPLIT_ROLES)
         if static:
             for role in ("decoder_static", "decoder_static_batch"):
                 if role not in manifest.files:
@@ -114,39 +122,48 @@ class DecoderGraphs:
                 self._add(shape, compile_model(core, _checked_static(read(role), role, shape), device, config))
             self._interactive, self._batched = (manifest.static_shapes[r] for r in ("decoder_static", "decoder_static_batch"))
             return
-        self._graphs["plain"] = read("decoder")
-        self._add(("plain", None), compile_model(core, self._graphs["plain"], device, config))
-        self.specialized("plain", 1, 2, 0)  # one click (point + padding point): ready before the first click
-        if split and all(role in manifest.files for role in SPLIT_ROLES):
-            image, prompt = (read(role) for role in SPLIT_ROLES)
-            if bf16:
-                image, prompt = _state_in_bf16(image, prompt)
-            self._image = compile_model(core, image, device, config).create_infer_request()
-            self._graphs["prompt"] = prompt
-            self._graphs["scores"] = ov.Model([prompt.output(DECODER_OUTPUTS_IOU)], prompt.get_parameters(), "decoder_scores")
-            self.specialized("prompt", 1, 2)  # a repeated click must not wait for a compile either
+        for role in ("decoder", *SPLIT_ROLES) if self.has_split else ("decoder",):
+            read(role)  # an unreadable IR fails here, not at the first click
+        if specialize > 0:  # ready before the first click (point + padding point) and the second one
+            self.specialized("plain", 1, 2, 0)
+            if self.has_split:
+                self._image_request()
+                self.specialized("prompt", 1, 2)
 
-    @property
-    def has_split(self) -> bool:
-        """Whether the split (per-image state) decoder is available."""
-        return self._image is not None
+    def _graph(self, name: str) -> ov.Model:
+        """The ``ov.Model`` of ``plain``, ``image``, ``prompt`` or ``scores``, read afresh for each compile:
+        holding it would keep its mapped weights resident next to the compiled copy (about 20 MB)."""
+        if name == "plain":
+            return self._read("decoder")
+        image, prompt = (self._read(role) for role in SPLIT_ROLES)
+        if self._bf16:
+            image, prompt = _state_in_bf16(image, prompt)
+        if name == "scores":
+            return ov.Model([prompt.output(DECODER_OUTPUTS_IOU)], prompt.get_parameters(), "decoder_scores")
+        return image if name == "image" else prompt
+
+    def _image_request(self) -> ov.InferRequest:
+        if self._image is None:
+            self._image = compile_model(self._core, self._graph("image"), self._device, self._config).create_infer_request()
+        return self._image
 
     def _add(self, key: object, compiled: ov.CompiledModel) -> None:
         self._compiled[key] = compiled
         self._requests[key] = compiled.create_infer_request()
 
     def specialized(self, graph: str, batch: int, points: int, masks: int = 0) -> object:
-        """Key of ``graph`` compiled for exactly this shape (up to ``MAX_SPECIALIZED``), else of its dynamic form."""
+        """Key of ``graph`` compiled for exactly this shape (up to ``specialize`` shapes), else of its dynamic form."""
         key = (graph, batch, points, masks)
-        if key not in self._compiled and len(self._compiled) <= self.MAX_SPECIALIZED:
-            model = prompt_shaped(self._graphs[graph], batch, points, masks if graph == "plain" else None)
+        if key not in self._compiled and self._specialized < self._specialize:
+            model = prompt_shaped(self._graph(graph), batch, points, masks if graph == "plain" else None)
             self._add(key, compile_model(self._core, model, self._device, self._config))
+            self._specialized += 1
         return key if key in self._compiled else self.dynamic(graph)
 
     def dynamic(self, graph: str) -> tuple[str, None]:
         """Key of ``graph`` compiled with dynamic prompt shapes (compiled on first use)."""
         if (graph, None) not in self._compiled:
-            self._add((graph, None), compile_model(self._core, self._graphs[graph], self._device, self._config))
+            self._add((graph, None), compile_model(self._core, self._graph(graph), self._device, self._config))
         return graph, None
 
     def image_state(self, embedding: np.ndarray) -> ImageState:
@@ -154,9 +171,10 @@ class DecoderGraphs:
 
         They live in this object's request and are overwritten by the next call.
         """
-        self._image.infer({0: embedding}, share_inputs=True)
+        request = self._image_request()
+        request.infer({0: embedding}, share_inputs=True)
         self._generation += 1
-        return self._generation, [self._image.get_output_tensor(i) for i in range(len(self._image.model_outputs))]
+        return self._generation, [request.get_output_tensor(i) for i in range(len(request.model_outputs))]
 
     def prompt(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Split-decoder outputs for (B, N, 2) coords / (B, N) labels: logits (B, 4, 256, 256), IoU (B, 4).

@@ -1,5 +1,6 @@
 """OpenVINO devices: checking what is asked for against what is there, and the compile configuration."""
 
+import functools
 import os
 import tempfile
 import warnings
@@ -20,12 +21,31 @@ def device_family(device: str) -> str:
     return device.split(":")[0].split(".")[0].upper()
 
 
+@functools.cache
+def shared_core() -> ov.Core:
+    """The process's one ``ov.Core``, kept for its lifetime.
+
+    Every Core loads its own CPU plugin, and each CPU plugin gives the loading thread a new alternate signal
+    stack, puts the one it found back when it is unloaded (if its own is still current) and unmaps its own.
+    Two plugins unloaded in the order they were loaded leave the thread on an unmapped stack, and the next
+    signal Python handles there (Ctrl-C, SIGTERM, SIGCHLD) kills the process with SIGSEGV
+    (docs/repro/openvino_altstack.py). One Core that is never unloaded cannot do that.
+    """
+    return ov.Core()
+
+
 def check_device(core: ov.Core, device: str) -> None:
     """Raise DeviceError naming the available devices when ``device`` cannot be used here."""
     family = device_family(device)
-    available = core.available_devices
     if family in ("AUTO", "HETERO", "MULTI"):
         return
+    if device.upper() == "CPU":
+        try:  # loads the CPU plugin alone; listing every device would load (and keep) every plugin, about 10 MB
+            core.get_versions("CPU")
+            return
+        except RuntimeError:
+            pass
+    available = core.available_devices
     if family not in ("CPU", "GPU", "NPU"):
         raise DeviceError(f"unknown device {device!r}; use CPU, GPU, NPU or AUTO (available here: {', '.join(available)})")
     if device.upper() not in available and not (device.upper() == family and any(d.startswith(family) for d in available)):

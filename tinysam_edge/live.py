@@ -23,6 +23,10 @@ from .predictor import Predictor
 from .visualize import draw_masks, draw_overlay
 from .window import LiveWindow
 
+#: How the live loop builds its ``Predictor``: one dynamic decoder graph for every prompt shape (compiled on the
+#: first click), not one graph per shape (each 20-90 MB): a frame's one decode gains little from specialised graphs.
+PREDICTOR_OPTIONS = {"specialized_graphs": 0}
+
 
 def open_source(source: str) -> cv2.VideoCapture:
     """A camera index, a video file or a stream URL; raises TinySamError if it cannot be opened."""

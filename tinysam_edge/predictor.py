@@ -12,7 +12,7 @@ import numpy as np
 import openvino as ov
 
 from .decoder_graphs import DecoderGraphs, ImageState, read_manifest
-from .devices import STATIC_DEVICES, check_device, compile_config, compile_model, describe, device_family
+from .devices import STATIC_DEVICES, check_device, compile_config, compile_model, describe, device_family, shared_core
 from .errors import ModelDirError, error_cause
 from .image import to_rgb_uint8
 from .manifest import ENCODER_INPUT, ENCODER_OUTPUT
@@ -271,9 +271,11 @@ class Predictor(PredictorBase):
     bf16/f16. CPU uses the dynamic decoder; GPU, NPU and AUTO use the static-shape ones, which pad
     prompts to fixed slots (override with ``static_shapes``) and keep the plain decoder graph; on CPU
     repeated prompts and batches take the split decoder (``split_decoder=False`` turns it off, for
-    comparisons). ``device_used`` and ``precision_used``
-    report what OpenVINO actually runs. Compiled blobs are cached in ``cache_dir`` (default: the
-    weights cache's ``ov-cache``).
+    comparisons). ``specialized_graphs`` caps the CPU decoder graphs compiled for one exact prompt
+    shape (each about 20-90 MB; the first- and repeated-click ones are compiled up front); 0 keeps
+    memory low with one dynamic graph per decoder, compiled on first use (the live loop's choice).
+    ``device_used`` and ``precision_used`` report what OpenVINO actually runs. Compiled blobs are
+    cached in ``cache_dir`` (default: the weights cache's ``ov-cache``).
     """
 
     def __init__(
@@ -286,11 +288,14 @@ class Predictor(PredictorBase):
         performance_hint: str = "LATENCY",
         static_shapes: bool | None = None,
         split_decoder: bool = True,
+        specialized_graphs: int = DecoderGraphs.MAX_SPECIALIZED,
     ) -> None:
+        if isinstance(specialized_graphs, bool) or not isinstance(specialized_graphs, int) or specialized_graphs < 0:
+            raise ValueError(f"specialized_graphs must be an integer >= 0, got {specialized_graphs!r}")
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir)
         self.device = device
-        core = ov.Core()
+        core = shared_core()
         check_device(core, device)
         config = compile_config(device, precision, num_threads, cache_dir, performance_hint)
         self.static_shapes = device_family(device) in STATIC_DEVICES if static_shapes is None else static_shapes
@@ -298,7 +303,9 @@ class Predictor(PredictorBase):
         self.device_used, self.precision_used = describe(self._encoder)
         bf16 = self.precision_used == "bf16"
         read = functools.partial(self._read, core)
-        self._decoders = DecoderGraphs(core, read, self.manifest, device, config, self.static_shapes, bf16, split_decoder)
+        self._decoders = DecoderGraphs(
+            core, read, self.manifest, device, config, self.static_shapes, bf16, split_decoder, specialized_graphs
+        )
         self._encoder_request = self._encoder.create_infer_request()
         self._encoder_queue: ov.AsyncInferQueue | None = None
         self._imports = itertools.count(-1, -1)

@@ -149,18 +149,30 @@ def _environment(device: str) -> dict:
     }
 
 
+def _model_dirs(model_dir: str | Path, int8_dir: str | Path | None) -> dict[str, Path]:
+    return {"fp32-IR": Path(model_dir)} | ({"int8-IR": Path(int8_dir)} if int8_dir is not None else {})
+
+
+def _pipeline_variants(dirs: dict[str, Path], checkpoint: str | Path, device: str, precisions: tuple[str, ...]) -> dict[str, PredictorBase]:
+    """Torch eager (the baseline, first) and an OpenVINO predictor per model dir and precision."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
+    for label, folder in dirs.items():
+        variants.update(_openvino_variants(folder, device, precisions, label))
+    return variants
+
+
 def quick_bench(
     model_dir: str | Path,
+    int8_dir: str | Path | None,
     checkpoint: str | Path,
     rounds: int = 10,
     device: str = "CPU",
     precisions: tuple[str, ...] = ("f32", "bf16"),
     log=print,
 ) -> dict:
-    """Encoder and one-click latency of torch eager and OpenVINO at each of ``precisions``, interleaved."""
-    torch.set_num_threads(os.cpu_count() or 1)
-    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
-    variants.update(_openvino_variants(model_dir, device, precisions, "fp32-IR"))
+    """Encoder and one-click latency of torch eager and OpenVINO (FP32 and, if given, INT8 dir) at each of ``precisions``, interleaved."""
+    variants = _pipeline_variants(_model_dirs(model_dir, int8_dir), checkpoint, device, precisions)
     return {**_environment(device), "pipeline": pipeline_bench(variants, rounds, log=log)}
 
 
@@ -175,9 +187,7 @@ def full_bench(
     log=print,
 ) -> dict:
     """benchmark_app on every IR (encoder f32/bf16/INT8, decoder one click and 64-prompt batch) plus the pipeline bench."""
-    torch.set_num_threads(os.cpu_count() or 1)
-    model_dir = Path(model_dir)
-    dirs = {"fp32-IR": model_dir} | ({"int8-IR": Path(int8_dir)} if int8_dir is not None else {})
+    dirs = _model_dirs(model_dir, int8_dir)
     apps = []
     encoder_shape = {ENCODER_INPUT: [1, 3, 1024, 1024]}
     for label, folder in dirs.items():
@@ -207,9 +217,7 @@ def full_bench(
                     **run_benchmark_app(folder / manifest.files["decoder"], device, shapes, "f32", seconds),
                 }
             )
-    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
-    for label, folder in dirs.items():
-        variants.update(_openvino_variants(folder, device, precisions, label))
+    variants = _pipeline_variants(dirs, checkpoint, device, precisions)
     return {**_environment(device), "benchmark_app": apps, "pipeline": pipeline_bench(variants, rounds, log=log)}
 
 

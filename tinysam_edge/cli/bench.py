@@ -82,7 +82,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _write_report(outputs, report, format_decoder(report))
     else:
         if args.quick:
-            report = pipeline.quick_bench(model_dir, checkpoint, **common)
+            report = pipeline.quick_bench(model_dir, args.int8_dir, checkpoint, **common)
         else:
             report = pipeline.full_bench(model_dir, args.int8_dir, checkpoint, seconds=args.seconds or 10, **common)
         _write_report(outputs, report, pipeline.format_tables(report))

@@ -20,7 +20,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     prompts = live.PersistentPrompts(args.point, args.box)
     view = None if args.headless else window.LiveWindow(prompts, title=f"tinysam-edge {args.source}")
     try:
-        predictor = make_predictor(args)
+        predictor = make_predictor(args, **live.PREDICTOR_OPTIONS)
         timings = live.run(predictor, frames, prompts, args.max_frames, args.record, view, args.snapshot_dir)
     finally:
         if view is not None:

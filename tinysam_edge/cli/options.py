@@ -255,8 +255,11 @@ def model_dir_for(args: argparse.Namespace) -> Path:
     )
 
 
-def make_predictor(args: argparse.Namespace) -> "PredictorBase":
-    """The predictor the common model options ask for (exporting a checkpoint to IR once if needed)."""
+def make_predictor(args: argparse.Namespace, **runtime: object) -> "PredictorBase":
+    """The predictor the common model options ask for (exporting a checkpoint to IR once if needed).
+
+    ``runtime``: further ``Predictor`` arguments for the OpenVINO backend (e.g. ``specialized_graphs``).
+    """
     if getattr(args, "backend", "openvino") == "torch":
         if args.model_dir is not None:
             raise TinySamError("--model-dir is an OpenVINO model; use --checkpoint with --backend torch")
@@ -269,4 +272,4 @@ def make_predictor(args: argparse.Namespace) -> "PredictorBase":
         return models.TorchPredictor(sam)
     from ..predictor import Predictor
 
-    return Predictor(model_dir_for(args), device=args.device, precision=args.precision)
+    return Predictor(model_dir_for(args), device=args.device, precision=args.precision, **runtime)

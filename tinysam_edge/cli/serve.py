@@ -40,9 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..serve.app import Settings, create_app
     except ImportError as exc:
         raise TinySamError(f"serve needs the [serve] extra ({exc}); install it with: pip install 'tinysam-edge[serve]'") from None
-    import openvino
-
-    from ..devices import check_device
+    from ..devices import check_device, shared_core
     from ..manifest import Manifest
     from ..predictor import Predictor
 
@@ -54,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and api_key is None:
         raise TinySamError(f"refusing to listen on {args.host} without an API key: pass --api-key or set {API_KEY_ENV} (or bind 127.0.0.1)")
     Manifest.read(args.model_dir)  # a missing or broken model dir or an absent device fails here, not on the first request
-    check_device(openvino.Core(), args.device)
+    check_device(shared_core(), args.device)
     check_port(args.host, args.port)
     if args.source is not None and not args.source.isdigit() and "://" not in args.source and not Path(args.source).is_file():
         raise TinySamError(f"--source {args.source!r} is neither a camera index nor a video file")
