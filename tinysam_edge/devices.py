@@ -3,7 +3,10 @@
 import functools
 import os
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import openvino as ov
@@ -108,10 +111,36 @@ def usable_cache_dir(folder: Path) -> bool:
         return False
 
 
+_COMPILING = threading.Lock()
+
+
+@contextmanager
+def cache_lock(config: dict[str, str]) -> Iterator[None]:
+    """One compilation at a time per compiled-model cache: OpenVINO's CACHE_DIR is not safe for concurrent writers
+    (two compilations of one graph race on its blob and one fails). A thread lock, plus a file lock in the cache
+    folder for other processes where ``fcntl`` exists; without CACHE_DIR only the thread lock."""
+    with _COMPILING:
+        handle = None
+        if "CACHE_DIR" in config:
+            try:
+                import fcntl
+
+                handle = (Path(config["CACHE_DIR"]) / ".compile.lock").open("a")
+            except (ImportError, OSError):
+                handle = None
+        if handle is None:
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+            yield
+
+
 def compile_model(core: ov.Core, model: ov.Model | str, device: str, config: dict[str, str]) -> ov.CompiledModel:
-    """``core.compile_model`` with device/setting errors turned into one-line DeviceErrors."""
+    """``core.compile_model`` under ``cache_lock``, with device/setting errors turned into one-line DeviceErrors."""
     try:
-        return core.compile_model(model, device, config)
+        with cache_lock(config):
+            return core.compile_model(model, device, config)
     except RuntimeError as exc:
         raise DeviceError(f"cannot compile for {device} with {config}: {error_cause(exc)}") from exc
 

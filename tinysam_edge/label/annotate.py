@@ -5,9 +5,6 @@ Every engine labels through ``Labeller``, so local and Ray jobs write the same b
 one-pixel mask is 1 x 1), the convention COCO tools, CVAT and Label Studio expect.
 """
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +16,6 @@ from ..errors import TinySamError
 from ..image import load_image
 from ..mask_generator import UPSCALE_BUDGET_PIXELS
 from ..masks import MASK_THRESHOLD, box_xywh, encode_rle, mask_to_box
-from ..weights import cache_dir
 from .inputs import OBJECT_CATEGORY
 
 #: SAM's stability offset: the IoU of the masks thresholded at logit +1 and -1.
@@ -28,7 +24,6 @@ STABILITY_OFFSET = 1.0
 BOX_BATCH = 32
 #: What a bad image raises while it is read or labelled; anything else stops the job (it can be resumed).
 IMAGE_ERRORS = (TinySamError, ValueError, OSError, cv2.error)
-_COMPILING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -60,27 +55,6 @@ def stability_scores(logits: np.ndarray) -> np.ndarray:
     return np.divide(inner, outer, out=np.zeros(len(logits)), where=outer > 0)
 
 
-@contextmanager
-def compile_lock() -> Iterator[None]:
-    """One model compilation at a time on this machine: concurrent writers (threads or processes) of OpenVINO's
-    CACHE_DIR race on the same blob. A file lock in the weights cache covers processes where ``fcntl`` exists."""
-    with _COMPILING:
-        try:
-            import fcntl
-
-            path = cache_dir() / "compile.lock"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = path.open("a")
-        except (ImportError, OSError):
-            handle = None
-        if handle is None:
-            yield
-            return
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
-            yield
-
-
 class Labeller:
     """A predictor (and everything-mode generator) that turns decoded images into shard lines. One per thread or actor."""
 
@@ -91,8 +65,7 @@ class Labeller:
 
         self.task = task
         threads = num_threads if device_family(device) == "CPU" else None  # other devices schedule themselves
-        with compile_lock():
-            self.predictor = Predictor(model_dir, device=device, precision=precision, num_threads=threads)
+        self.predictor = Predictor(model_dir, device=device, precision=precision, num_threads=threads)
         self.generator = None
         if task.mode == "everything":
             from ..mask_generator import HierarchicalMaskGenerator, MaskGenerator
