@@ -122,25 +122,26 @@ class DecoderGraphs:
                 self._add(shape, compile_model(core, _checked_static(read(role), role, shape), device, config))
             self._interactive, self._batched = (manifest.static_shapes[r] for r in ("decoder_static", "decoder_static_batch"))
             return
-        for role in ("decoder", *SPLIT_ROLES) if self.has_split else ("decoder",):
-            read(role)  # an unreadable IR fails here, not at the first click
         if specialize > 0:  # ready before the first click (point + padding point) and the second one
             self.specialized("plain", 1, 2, 0)
             if self.has_split:
                 self._image_request()
                 self.specialized("prompt", 1, 2)
+        else:  # nothing compiled yet: an unreadable IR still fails here, not at the first click
+            for role in ("decoder", *SPLIT_ROLES) if self.has_split else ("decoder",):
+                read(role)
 
     def _graph(self, name: str) -> ov.Model:
         """The ``ov.Model`` of ``plain``, ``image``, ``prompt`` or ``scores``, read afresh for each compile:
         holding it would keep its mapped weights resident next to the compiled copy (about 20 MB)."""
         if name == "plain":
             return self._read("decoder")
-        image, prompt = (self._read(role) for role in SPLIT_ROLES)
+        model = self._read("decoder_image" if name == "image" else "decoder_prompt")
         if self._bf16:
-            image, prompt = _state_in_bf16(image, prompt)
+            model = _state_in_bf16(model, into=name != "image")
         if name == "scores":
-            return ov.Model([prompt.output(DECODER_OUTPUTS_IOU)], prompt.get_parameters(), "decoder_scores")
-        return image if name == "image" else prompt
+            return ov.Model([model.output(DECODER_OUTPUTS_IOU)], model.get_parameters(), "decoder_scores")
+        return model
 
     def _image_request(self) -> ov.InferRequest:
         if self._image is None:
@@ -255,11 +256,15 @@ class DecoderGraphs:
         return request.get_tensor(DECODER_OUTPUTS_LOGITS).data.copy(), request.get_tensor(DECODER_OUTPUTS_IOU).data.copy()
 
 
-def _state_in_bf16(image: ov.Model, prompt: ov.Model) -> tuple[ov.Model, ov.Model]:
-    """Let the per-image tensors leave the image graph and enter the prompt graph as bf16 (no conversion per prompt)."""
-    out = ov.preprocess.PrePostProcessor(image)
-    into = ov.preprocess.PrePostProcessor(prompt)
-    for i in range(len(image.outputs)):
-        out.output(i).tensor().set_element_type(ov.Type.bf16)
-        into.input(i).tensor().set_element_type(ov.Type.bf16)
-    return out.build(), into.build()
+def _state_in_bf16(model: ov.Model, into: bool) -> ov.Model:
+    """The split decoder's image graph with bf16 outputs, or (``into``) its prompt graph with bf16 per-image inputs:
+    the per-image tensors pass between the two graphs without a conversion per prompt."""
+    steps = ov.preprocess.PrePostProcessor(model)
+    if into:
+        for i, parameter in enumerate(model.inputs):
+            if parameter.get_any_name() not in ("point_coords", "point_labels"):
+                steps.input(i).tensor().set_element_type(ov.Type.bf16)
+    else:
+        for i in range(len(model.outputs)):
+            steps.output(i).tensor().set_element_type(ov.Type.bf16)
+    return steps.build()

@@ -127,7 +127,7 @@ def cache_lock(config: dict[str, str]) -> Iterator[None]:
 
                 handle = (Path(config["CACHE_DIR"]) / ".compile.lock").open("a")
             except (ImportError, OSError):
-                handle = None
+                pass
         if handle is None:
             yield
             return

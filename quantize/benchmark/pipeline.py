@@ -149,7 +149,8 @@ def _environment(device: str) -> dict:
     }
 
 
-def _model_dirs(model_dir: str | Path, int8_dir: str | Path | None) -> dict[str, Path]:
+def model_dirs(model_dir: str | Path, int8_dir: str | Path | None) -> dict[str, Path]:
+    """The model dirs to time by their report labels: ``fp32-IR``, and ``int8-IR`` when given."""
     return {"fp32-IR": Path(model_dir)} | ({"int8-IR": Path(int8_dir)} if int8_dir is not None else {})
 
 
@@ -172,7 +173,7 @@ def quick_bench(
     log=print,
 ) -> dict:
     """Encoder and one-click latency of torch eager and OpenVINO (FP32 and, if given, INT8 dir) at each of ``precisions``, interleaved."""
-    variants = _pipeline_variants(_model_dirs(model_dir, int8_dir), checkpoint, device, precisions)
+    variants = _pipeline_variants(model_dirs(model_dir, int8_dir), checkpoint, device, precisions)
     return {**_environment(device), "pipeline": pipeline_bench(variants, rounds, log=log)}
 
 
@@ -187,7 +188,7 @@ def full_bench(
     log=print,
 ) -> dict:
     """benchmark_app on every IR (encoder f32/bf16/INT8, decoder one click and 64-prompt batch) plus the pipeline bench."""
-    dirs = _model_dirs(model_dir, int8_dir)
+    dirs = model_dirs(model_dir, int8_dir)
     apps = []
     encoder_shape = {ENCODER_INPUT: [1, 3, 1024, 1024]}
     for label, folder in dirs.items():

@@ -69,7 +69,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     precisions = tuple(dict.fromkeys(args.precision or ("f32", "bf16")))
     model_dir = args.model_dir or export.cached_model_dir(args.checkpoint, log=log)
     checkpoint = args.checkpoint
-    dirs = {"fp32-IR": model_dir} | ({"int8-IR": args.int8_dir} if args.int8_dir is not None else {})
+    dirs = pipeline.model_dirs(model_dir, args.int8_dir)
     common = {"rounds": args.rounds, "device": args.device, "precisions": precisions, "log": log}
     if args.everything is not None:
         options = {**thresholds(args), "points_per_batch": args.points_per_batch or 32}
