@@ -1,4 +1,4 @@
-"""Everything mode, SAM's 32x32 grid next to TinySAM's hierarchical generator, with their timings.
+"""Everything mode, SAM's point grid next to TinySAM's hierarchical generator (same settings otherwise), with their timings.
 
 python demos/everything_grid_vs_hierarchical.py IMAGE --model-dir DIR --out everything.png
 """
@@ -11,40 +11,37 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor, TinySamError, load_image
+from tinysam_edge import EverythingSettings, Predictor, TinySamError, load_image, make_generator
+from tinysam_edge.cli import run_script
 from tinysam_edge.image import save_image
 from tinysam_edge.visualize import draw_masks
 
 
-def main() -> int:
+def options() -> argparse.ArgumentParser:
+    """The demo's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image")
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--device", default="CPU")
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    parser.add_argument("--stability-score-thresh", type=float, default=0.95)
+    parser.add_argument("--pred-iou-thresh", type=float, default=EverythingSettings.pred_iou_thresh)
+    parser.add_argument("--stability-score-thresh", type=float, default=EverythingSettings.stability_score_thresh)
     parser.add_argument("--out", default="everything.png")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    args = parser.parse_args()
-    try:
-        return run(args)
-    except (TinySamError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """The demo itself; user errors surface as TinySamError / ValueError."""
+    """The demo itself; user errors surface as TinySamError / ValueError (one line, exit 2)."""
     if Path(args.out).exists() and not args.overwrite:
         raise TinySamError(f"{args.out} exists; pass --overwrite to replace it")
+    thresholds = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh}
+    runs = [EverythingSettings(mode=mode, **thresholds) for mode in ("grid", "hierarchical")]  # bad thresholds fail before the model loads
     image = load_image(args.image)
     predictor = Predictor(args.model_dir, device=args.device)
-    thresholds = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh, "points_per_batch": 32}
     panels = []
-    for name, generator in (
-        ("grid 32x32", MaskGenerator(predictor, **thresholds)),
-        ("hierarchical", HierarchicalMaskGenerator(predictor, **thresholds)),
-    ):
+    for settings in runs:
+        generator = make_generator(predictor, settings)
+        name = f"{settings.mode} {settings.points_per_side}x{settings.points_per_side}"
         start = time.perf_counter()
         masks = generator.generate(image)
         seconds = time.perf_counter() - start
@@ -59,4 +56,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(options(), run))

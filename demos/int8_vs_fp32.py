@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from tinysam_edge import Predictor, TinySamError, load_image
+from tinysam_edge.cli import run_script
 from tinysam_edge.image import save_image
 from tinysam_edge.visualize import draw_overlay
 
@@ -27,7 +28,8 @@ def label(panel: np.ndarray, text: str) -> np.ndarray:
     return np.concatenate([strip, panel])
 
 
-def main() -> int:
+def options() -> argparse.ArgumentParser:
+    """The demo's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image")
     parser.add_argument("--fp32", required=True, help="FP32 model dir")
@@ -35,16 +37,11 @@ def main() -> int:
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--out", default="int8_vs_fp32.png")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    args = parser.parse_args()
-    try:
-        return run(args)
-    except (TinySamError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """The demo itself; user errors surface as TinySamError / ValueError."""
+    """The demo itself; user errors surface as TinySamError / ValueError (one line, exit 2)."""
     if Path(args.out).exists() and not args.overwrite:
         raise TinySamError(f"{args.out} exists; pass --overwrite to replace it")
     image = load_image(args.image)
@@ -79,4 +76,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(options(), run))

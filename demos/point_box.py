@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tinysam_edge import Predictor, TinySamError, load_image
+from tinysam_edge import Predictor, TinySamError, load_image, load_model
+from tinysam_edge.cli import run_script
 from tinysam_edge.image import save_image
 from tinysam_edge.visualize import draw_overlay
 
 
-def main() -> int:
+def options() -> argparse.ArgumentParser:
+    """The demo's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image")
     parser.add_argument("--model-dir", required=True)
@@ -23,24 +25,20 @@ def main() -> int:
     parser.add_argument("--box", required=True, help="X0,Y0,X1,Y1")
     parser.add_argument("--out", default="point_box.png")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    args = parser.parse_args()
-    try:
-        return run(args)
-    except (TinySamError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """The demo itself; user errors surface as TinySamError / ValueError."""
+    """The demo itself; user errors surface as TinySamError / ValueError (one line, exit 2)."""
     if Path(args.out).exists() and not args.overwrite:
         raise TinySamError(f"{args.out} exists; pass --overwrite to replace it")
     image = load_image(args.image)
-    predictor = Predictor(args.model_dir, device=args.device)
+    model = load_model(args.model_dir, device=args.device)  # compiled once; Predictor(model) is a cheap session on it
+    predictor = Predictor(model)
     point = np.array([[float(v) for v in args.point.split(",")]])
     box = np.array([float(v) for v in args.box.split(",")])
     predictor.set_image(image)
-    print(f"{predictor.device_used} {predictor.precision_used}: encoder {1000 * predictor.timings['encoder']:.0f} ms")
+    print(f"{model}: encoder {1000 * predictor.timings['encoder']:.0f} ms")
     panels = []
     masks, scores, _ = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
     for mask, score in zip(masks, scores):  # the three candidate masks of one click
@@ -54,4 +52,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(options(), run))

@@ -12,9 +12,11 @@ import sys
 import cv2
 import numpy as np
 
+from tinysam_edge.capture import FrameSource
+from tinysam_edge.cli import run_script
 from tinysam_edge.cli.options import POSITIVE_INT, parse_point
-from tinysam_edge.errors import TinySamError
-from tinysam_edge.live import PREDICTOR_OPTIONS, FrameSource, PersistentPrompts, run, summarize
+from tinysam_edge.live import PREDICTOR_OPTIONS, run, summarize
+from tinysam_edge.overlay import PersistentPrompts
 from tinysam_edge.predictor import Predictor
 
 
@@ -29,20 +31,21 @@ class LoopedClip(FrameSource):
         return frame
 
 
-def main() -> int:
+def options() -> argparse.ArgumentParser:
+    """The soak test's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--video", required=True)
     parser.add_argument("--frames", type=POSITIVE_INT, default=300)
     parser.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (default: f32)")
     parser.add_argument("--point", type=parse_point, default=(480.0, 270.0, 1), help="persistent click X,Y (default: 480,270)")
-    args = parser.parse_args()
-    try:
-        predictor = Predictor(args.model_dir, precision=args.precision, **PREDICTOR_OPTIONS)
-        timings = run(predictor, LoopedClip(args.video), PersistentPrompts([args.point]), args.frames)
-    except TinySamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def soak(args: argparse.Namespace) -> int:
+    """Run the live loop for ``--frames`` frames and print the memory it holds."""
+    predictor = Predictor(args.model_dir, precision=args.precision, **PREDICTOR_OPTIONS)
+    timings = run(predictor, LoopedClip(args.video), PersistentPrompts([args.point]), args.frames)
     for t in timings:
         if t["frame"] in (9, len(timings) - 1) or (t["frame"] + 1) % 100 == 0:
             print(f"frame {t['frame'] + 1}: RSS {t['rss_mib']:.0f} MiB")
@@ -52,4 +55,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(options(), soak))

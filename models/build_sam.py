@@ -170,7 +170,37 @@ def load_weights(model: Sam, state: Mapping[str, torch.Tensor], source: str = "c
     model.load_state_dict(state, strict=True)
 
 
+#: ImageNet classes of the official TinyViT classifier head.
+_IMAGENET_CLASSES = 1000
+
+
+def official_state_dict(model: Sam) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` in the official checkpoints' layout, which the official builder loads strictly.
+
+    TinyViT models get the unused classifier tensors (``UNUSED_KEY_PREFIXES``, 439 tensors in all) in
+    their official place, before the neck: norm_head as identity (ones, zeros), head as zeros.
+    """
+    state = model.state_dict()
+    if not isinstance(model.image_encoder, TinyViT):
+        return state
+    neck = "image_encoder.neck.0.weight"
+    dim = state[neck].shape[1]
+    like = state[neck]
+    unused = {
+        "image_encoder.norm_head.weight": like.new_ones(dim),
+        "image_encoder.norm_head.bias": like.new_zeros(dim),
+        "image_encoder.head.weight": like.new_zeros(_IMAGENET_CLASSES, dim),
+        "image_encoder.head.bias": like.new_zeros(_IMAGENET_CLASSES),
+    }
+    out = {}
+    for key, value in state.items():
+        if key == neck:
+            out |= unused
+        out[key] = value
+    return out
+
+
 def save_checkpoint(model: Sam, path: str | Path) -> None:
-    """Save a plain state_dict in the official key layout (loadable by ``build_sam``), atomically."""
+    """Save a plain state_dict in the official key layout (``official_state_dict``; loadable by ``build_sam``), atomically."""
     with atomic_write(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+        torch.save(official_state_dict(model), tmp)

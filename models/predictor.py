@@ -17,6 +17,10 @@ class TorchPredictor(PredictorBase):
         self._cached = CachedMaskDecoder(model.prompt_encoder, model.mask_decoder).to(self.device).eval()
         super().__init__(model.flavour)
 
+    def describe(self) -> str:
+        """One line naming the backend, device and precision this predictor runs on."""
+        return "torch eager, f32" if self.device.type == "cpu" else f"torch eager on {self.device}, f32"
+
     @torch.inference_mode()
     def _encode(self, input_tensor: np.ndarray) -> np.ndarray:
         return self.model.image_encoder(torch.from_numpy(input_tensor).to(self.device)).cpu().numpy()

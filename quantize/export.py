@@ -1,11 +1,6 @@
 """Export the parity-proven PyTorch model to OpenVINO IR: a static encoder and dynamic + static decoders."""
 
-import contextlib
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openvino as ov
@@ -15,6 +10,7 @@ from torch import nn
 from tinysam_edge import __version__
 from tinysam_edge.decoder_graphs import prompt_shaped
 from tinysam_edge.errors import ModelDirError, TinySamError, error_cause
+from tinysam_edge.files import check_replaceable, replaced_dir
 from tinysam_edge.manifest import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -198,27 +194,6 @@ def export_ir(
     return manifest
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty output folder unless asked to."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise TinySamError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def staged_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir`` to write into; it replaces ``out_dir`` only on success."""
-    check_out_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
-        yield Path(tmp)
-        umask = os.umask(0)  # mkdtemp makes the folder 0700; give the result the user's usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-
-
 def export_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -230,17 +205,17 @@ def export_checkpoint(
 ) -> Manifest:
     """Build the model from a checkpoint (file or registry name) and export it into ``out_dir``.
 
-    The IRs are written to a temporary sibling folder and moved into place at the end, so an
-    interrupted export never leaves a half model dir; an existing ``out_dir`` is replaced only with
-    ``overwrite``.
+    The IRs are written to a temporary sibling folder and swapped into place at the end
+    (``files.replaced_dir``), so an interrupted export never leaves a half model dir; an existing
+    ``out_dir`` is replaced only with ``overwrite``, and only when it is a model dir.
     """
     out_dir = Path(out_dir)
     check_static_shapes(export_options.get("point_slots", DEFAULT_POINT_SLOTS), export_options.get("static_batch", DEFAULT_STATIC_BATCH))
-    check_out_dir(out_dir, overwrite)  # before the slow part
+    check_replaceable(out_dir, [checkpoint], overwrite)  # before the slow part
     path, _ = resolve_checkpoint(checkpoint)
     sam = build_sam("vit_t", checkpoint=path, flavour=flavour, trust_pickle=trust_pickle)
     log(f"exporting {Path(path).name} to OpenVINO IR in {out_dir}")
-    with staged_dir(out_dir, overwrite) as tmp:
+    with replaced_dir(out_dir, [path], overwrite) as tmp:
         return export_ir(sam, tmp, source_name=Path(path).name, source_sha256=sha256_file(Path(path)), log=log, **export_options)
 
 

@@ -16,14 +16,14 @@ from tinysam_edge import Predictor, load_image
 from tinysam_edge.decoder_graphs import prompt_shaped
 from tinysam_edge.devices import shared_core
 from tinysam_edge.errors import TinySamError, error_cause
-from tinysam_edge.manifest import DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, Manifest
+from tinysam_edge.files import check_replaceable, replaced_dir
+from tinysam_edge.manifest import DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT, PROMPT_POINT_INPUTS, Manifest
 from tinysam_edge.masks import select_masks
 from tinysam_edge.object_prompts import image_rng, model_objects, prompts_for_objects
 from tinysam_edge.prompts import LOW_RES_SIZE, check_prompts, encode_prompts
 from tinysam_edge.transforms import preprocess
 
 from .evaluation.agreement import mask_iou
-from .export import check_out_dir, staged_dir
 
 #: Validation and reference runs are pinned to f32 (this CPU would otherwise pick bf16).
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -33,6 +33,27 @@ DECODER_IGNORED = nncf.IgnoredScope(patterns=[".*mask_downscaling.*"], validate=
 #: quantizer and moves it up through the Transpose/Reshape before it, where its axis becomes TinyViT's token
 #: axis: OpenVINO's CPU plugin cannot run such a convolution in int8, and 10 of the 15 ran in floating point.
 PER_TENSOR = AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False))
+#: Graph nodes that never hold activations worth a quantizer of their own.
+_NOT_COMPUTE = ("Parameter", "Constant", "Result")
+
+
+def variance_nodes(model: ov.Model) -> list[str]:
+    """Names of the split decoder's nodes that only feed its LayerNorm variances (the ``Sqrt`` of each ``rsqrt``).
+
+    The variance of a low-rank image token is a sum of terms of either sign (a quadratic form
+    R (W W^T) R^T and cross terms with per-image products, ``cached_decoder.py``): an 8-bit error
+    in one term is not bounded by the variance and could push it to zero and the rsqrt to inf.
+    Found by graph structure (every consumer of the node lies on the way to a ``Sqrt``) because
+    torch's node numbering is not stable.
+    """
+    cone = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Sqrt"}
+    for op in reversed(model.get_ordered_ops()):  # consumers before producers
+        if op.get_friendly_name() in cone or op.get_type_name() in _NOT_COMPUTE:
+            continue
+        consumers = [t.get_node().get_friendly_name() for out in op.outputs() for t in out.get_target_inputs()]
+        if consumers and all(c in cone for c in consumers):
+            cone.add(op.get_friendly_name())
+    return sorted(cone)
 
 
 @dataclass
@@ -274,7 +295,30 @@ def quantize_decoder(job: QuantizationJob, report: dict, held: list[DecoderSampl
     models = {"decoder": decoder}
     for role, shape in job.manifest.static_shapes.items():
         models[role] = prompt_shaped(decoder, shape.batch, shape.points, masks=1)
+    if "decoder_prompt" in job.manifest.files and "decoder_image" in job.manifest.files:
+        models["decoder_prompt"] = quantize_prompt_decoder(job, samples, subset)
     return models
+
+
+def split_feeds(image_graph: ov.CompiledModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Plain-decoder feeds -> the per-prompt graph's: ``decoder_image``'s per-image tensors of the embedding plus the prompt."""
+    state = image_graph({"image_embeddings": feeds["image_embeddings"]})
+    return {**{out.get_any_name(): state[out] for out in image_graph.outputs}, **{k: feeds[k] for k in PROMPT_POINT_INPUTS}}
+
+
+def quantize_prompt_decoder(job: QuantizationJob, samples: list[DecoderSample], subset: int) -> ov.Model:
+    """The W8A8 per-prompt split decoder (``decoder_prompt``; the runtime cuts its IoU-only graph from it).
+
+    Calibrated on the same prompts as the plain decoder, with the per-image tensors that the FP32
+    ``decoder_image`` computes from their embeddings (made per sample as NNCF reads it: about 30 MB
+    each); the LayerNorm variances stay in float (``variance_nodes``).
+    """
+    job.log(f"quantizing the per-prompt decoder on {subset} prompts")
+    image_graph = job.core.compile_model(job.read("decoder_image"), "CPU", F32)
+    model = job.read("decoder_prompt")
+    calibration = nncf.Dataset(samples, lambda s: split_feeds(image_graph, s.feeds))
+    ignored = nncf.IgnoredScope(names=variance_nodes(model), validate=False)
+    return quantize_graph("per-prompt decoder", model, calibration, subset, ignored)
 
 
 def measure_drop(job: QuantizationJob, report: dict, models: dict[str, ov.Model], held: list[DecoderSample]) -> None:
@@ -282,6 +326,11 @@ def measure_drop(job: QuantizationJob, report: dict, models: dict[str, ov.Model]
     final_decoder = job.core.compile_model(models.get("decoder", job.read("decoder")), "CPU", F32)
     iou = decoder_metric(job.manifest.flavour)(final_decoder, held)[0]
     report.update(max_drop=job.max_drop, iou_vs_fp32=iou, drop=1.0 - iou, drop_met=1.0 - iou <= job.max_drop + 1e-9)
+    if "decoder_prompt" in models:  # quantized without accuracy control: recorded, not held to max_drop
+        image_graph = job.core.compile_model(job.read("decoder_image"), "CPU", F32)
+        split = (DecoderSample(split_feeds(image_graph, s.feeds), s.reference, s.valid) for s in held)  # 30 MB each: one at a time
+        prompt = job.core.compile_model(models["decoder_prompt"], "CPU", F32)
+        report["decoder_prompt_iou_vs_fp32"] = decoder_metric(job.manifest.flavour)(prompt, split)[0]
     if not report["drop_met"]:
         job.log(
             f"could not keep the drop within {job.max_drop}: measured {1.0 - iou:.4f} (mean IoU {iou:.4f}); the closest model is written"
@@ -291,7 +340,7 @@ def measure_drop(job: QuantizationJob, report: dict, models: dict[str, ov.Model]
 def write_model_dir(job: QuantizationJob, models: dict[str, ov.Model], report: dict, out_dir: Path, overwrite: bool) -> None:
     """Stage the quantized IRs (and copies of the untouched FP32 ones) with their manifest, then move them into ``out_dir``."""
     manifest = job.manifest
-    with staged_dir(out_dir, overwrite) as tmp:
+    with replaced_dir(out_dir, [job.fp32_dir, *job.calib, *job.validation], overwrite) as tmp:
         for role, xml in manifest.files.items():
             if role in models:
                 try:
@@ -328,15 +377,18 @@ def quantize_model_dir(
 ) -> dict:
     """Write an INT8 model dir next to the FP32 one's contract; returns what was done and measured.
 
-    The encoder is always W8A8; the decoder stays as exported (``"fp"``) or is W8A8 too
-    (``"int8"``). With ``max_drop`` (0..1), the last ``held_out`` images are kept out of calibration
-    and NNCF's accuracy control reverts layers (at most ``max_iterations`` per model) until mean
-    best-mask IoU against FP32 drops by at most ``max_drop`` end to end (the decoder gets what
-    the encoder left of the budget). Bad settings raise ``ValueError`` before any slow work.
+    The encoder is always W8A8; the decoders stay as exported (``"fp"``) or the plain one, its
+    static variants and the split decoder's per-prompt graph are W8A8 too (``"int8"``; the
+    manifest's ``quantization.int8_graphs`` lists the roles). With ``max_drop`` (0..1), the last
+    ``held_out`` images are kept out of calibration and NNCF's accuracy control reverts layers (at
+    most ``max_iterations`` per model) until mean best-mask IoU against FP32 drops by at most
+    ``max_drop`` end to end (the decoder gets what the encoder left of the budget; the per-prompt
+    graph is quantized without it and its IoU is recorded). Bad settings raise ``ValueError``
+    before any slow work.
     """
     fp32_dir, out_dir = Path(fp32_dir), Path(out_dir)
     check_options(images, subset_size, decoder, max_drop, held_out, prompts_per_image, max_iterations)
-    check_out_dir(out_dir, overwrite)  # before the slow part
+    check_replaceable(out_dir, [fp32_dir, *images], overwrite)  # before the slow part
     manifest = Manifest.read(fp32_dir)
     if manifest.quantization is not None:
         raise TinySamError(f"{fp32_dir} is already quantized; start from an FP32 model dir")
@@ -358,6 +410,7 @@ def quantize_model_dir(
         models |= quantize_decoder(job, report, held)
     if max_drop is not None:
         measure_drop(job, report, models, held)
+    report["int8_graphs"] = sorted(models)  # the roles quantized; the other IRs are the FP32 ones, copied
     report["method"] = "nncf.quantize" if max_drop is None else "nncf.quantize_with_accuracy_control"
     report.update(model_type="TRANSFORMER", activations="per-tensor", nncf=nncf.__version__, source_model_dir=str(fp32_dir))
     write_model_dir(job, models, report, out_dir, overwrite)

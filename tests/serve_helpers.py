@@ -6,8 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,16 +43,17 @@ def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, s
 
 
 class Client:
-    """One HTTP/1.1 connection per request (like independent clients)."""
+    """One HTTP/1.1 connection per request (like independent clients), from ``source`` (a loopback address) if given."""
 
-    def __init__(self, port: int, api_key: str | None = None, timeout: float = 300) -> None:
-        self.port, self.api_key, self.timeout = port, api_key, timeout
+    def __init__(self, port: int, api_key: str | None = None, timeout: float = 300, source: str | None = None) -> None:
+        self.port, self.api_key, self.timeout, self.source = port, api_key, timeout, source
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Reply:
         headers = dict(headers or {})
         if self.api_key:
             headers.setdefault("Authorization", f"Bearer {self.api_key}")
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        source = (self.source, 0) if self.source else None
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout, source_address=source)
         try:
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
@@ -114,6 +117,54 @@ class Server:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS line")
 
+    def flood(self, requests: list[tuple[str, bytes, str]], probe_timeout: float = 5.0, baseline_s: float = 2.0) -> dict:
+        """Send every ``(path, body, content type)`` POST at once, each from a loopback address of its own, while
+        ``/healthz`` is due every 20 ms from 127.0.0.1 and the server's RSS is sampled every 20 ms.
+
+        A probe's latency counts from when it was due, so a stall counts once per 20 ms it lasts (not once).
+        Returns the answers' status counts, the probes' statuses ("error" past ``probe_timeout``) and latency
+        p50 / p99 / max in ms, the p99 of ``baseline_s`` of probes before the flood (the machine's own noise),
+        and the RSS before the flood and its peak (MB).
+        """
+        rss = [self.rss_bytes()]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                rss.append(self.rss_bytes())
+
+        def send(i: int) -> int | str:
+            path, body, content_type = requests[i]
+            client = Client(self.port, timeout=120, source=f"127.0.1.{1 + i % 250}")
+            try:
+                return client.request("POST", path, body, {"Content-Type": content_type}).status
+            except OSError:
+                return "error"
+
+        baseline = _probes(self.port, probe_timeout, threading.Event(), baseline_s)
+        probes: list[tuple[int | str, float]] = []
+        watchers = [threading.Thread(target=sample), threading.Thread(target=_probes, args=(self.port, probe_timeout, done, None, probes))]
+        for watcher in watchers:
+            watcher.start()
+        try:
+            with ThreadPoolExecutor(len(requests)) as pool:
+                statuses = list(pool.map(send, range(len(requests))))
+        finally:
+            done.set()
+            for watcher in watchers:
+                watcher.join()
+        latencies = sorted(1000 * seconds for _, seconds in probes)
+        return {
+            "answers": _counts(statuses),
+            "healthz": _counts([status for status, _ in probes]),
+            "healthz_p50_ms": round(latencies[len(latencies) // 2], 1),
+            "healthz_p99_ms": round(_p99(latencies), 1),
+            "healthz_max_ms": round(latencies[-1], 1),
+            "healthz_idle_p99_ms": round(_p99(sorted(1000 * seconds for _, seconds in baseline)), 1),
+            "rss_before_mb": rss[0] >> 20,
+            "rss_peak_mb": max(rss) >> 20,
+        }
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -121,3 +172,31 @@ class Server:
         if self.process is not None and self.process.poll() is None:
             self.process.kill() if kill else self.process.terminate()
             self.process.wait(timeout=30)
+
+
+def _counts(values: list) -> dict[str, int]:
+    return {str(v): values.count(v) for v in sorted(set(values), key=str)}
+
+
+def _p99(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def _probes(
+    port: int, timeout: float, done: threading.Event, seconds: float | None = None, out: list | None = None
+) -> list[tuple[int | str, float]]:
+    """GET /healthz due every 20 ms until ``done`` is set or ``seconds`` have passed: (status, seconds since due) each."""
+    out = [] if out is None else out
+    client, due = Client(port, timeout=timeout), time.perf_counter()
+    stop = due + seconds if seconds is not None else float("inf")
+    while not done.is_set() and due < stop:
+        try:
+            status: int | str = client.get("/healthz").status
+        except OSError:
+            status = "error"
+        now = time.perf_counter()
+        while due <= now:  # every probe due while this one was waiting waited too
+            out.append((status, now - due))
+            due += 0.02
+        time.sleep(due - now)
+    return out

@@ -115,3 +115,77 @@ def test_bad_inputs(coco_mini, parity_model_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "is not valid JSON" in result.stderr
+
+
+def _without(key: str):
+    return lambda entry: entry.pop(key)
+
+
+@pytest.mark.parametrize(
+    "section, change, fragment",
+    [
+        ("images", _without("file_name"), "lacks 'file_name'"),
+        ("images", _without("width"), "lacks 'width'"),
+        ("images", _without("height"), "lacks 'height'"),
+        ("annotations", _without("segmentation"), "lacks 'segmentation'"),
+        ("annotations", _without("iscrowd"), "lacks 'iscrowd'"),
+        ("annotations", _without("area"), "lacks 'area'"),
+        ("annotations", lambda a: a.update(segmentation=[]), "'segmentation' is empty"),
+    ],
+)
+def test_annotation_files_missing_a_key_are_one_line(coco_mini, tmp_path, capsys, section, change, fragment):
+    from tinysam_edge.cli import main
+
+    data = json.loads((coco_mini / "annotations" / COCO8).read_text())
+    change(data[section][2])
+    annotations = tmp_path / "gt.json"
+    annotations.write_text(json.dumps(data))
+    args = ["eval", "coco", "--images", str(coco_mini / "images"), "--annotations", str(annotations)]
+    args += [
+        "--detections",
+        str(coco_mini / "detections" / DETS8),
+        "--model-dir",
+        str(tmp_path / "no-model"),
+        "--out",
+        str(tmp_path / "r.json"),
+    ]
+    assert main(args) == 2  # before any model loads
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{section}[2] (id {data[section][2]['id']})" in err and fragment in err, err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), "0.5", True])
+def test_non_finite_or_non_numeric_scores_are_refused(coco_mini, score):
+    files = {9: coco_mini / "images" / "000000000009.jpg"}
+    with pytest.raises(TinySamError, match="detection 1 has a non-finite or non-numeric score"):
+        check_detections([{"image_id": 9, "category_id": 51, "bbox": [1, 2, 3, 4], "score": 0.5}, {"image_id": 9, "category_id": 51, "bbox": [1, 2, 3, 4], "score": score}], files, {51})  # fmt: skip
+
+
+class _BlankPredictor:
+    """Stands in for a predictor: empty masks at the image's real size."""
+
+    def set_image(self, image):
+        self.original_size = image.shape[:2]
+
+    def decode_batch(self, boxes, multimask_output):
+        return np.zeros((len(boxes), 1, 256, 256), np.float32), np.zeros((len(boxes), 1), np.float32)
+
+    def upscale(self, low_res):
+        return np.zeros((len(low_res), *self.original_size), np.float32)
+
+
+def test_image_sizes_that_differ_from_the_annotations_warn_once(coco_mini, capsys):
+    from tinysam_edge.quantize.evaluation.coco import segment_detections
+
+    coco = load_ground_truth(coco_mini / "annotations" / COCO8)
+    ids = sorted(coco.imgs)[:3]
+    files = {i: coco_mini / "images" / coco.imgs[i]["file_name"] for i in ids}
+    sizes = {i: (coco.imgs[i]["height"], coco.imgs[i]["width"]) for i in ids}
+    dets = [{"image_id": i, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5} for i in ids]
+    _, warnings = segment_detections(_BlankPredictor(), files, dets, progress=False, sizes=sizes)
+    assert warnings["size_mismatch"] == 0 and "warning" not in capsys.readouterr().err
+    sizes = {i: (h // 2, w) for i, (h, w) in sizes.items()}  # the annotations claim other sizes
+    results, warnings = segment_detections(_BlankPredictor(), files, dets, progress=False, sizes=sizes)
+    err = capsys.readouterr().err
+    assert warnings["size_mismatch"] == 3 and err.count("warning:") == 1 and f"image {ids[0]}" in err and len(results) == 3

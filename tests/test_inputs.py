@@ -140,7 +140,7 @@ def test_encode_prompts_layout():
 
     mask_only = check_prompts(None, None, None, np.zeros((1, 256, 256)), SIZE)
     coords, labels = encode_prompts(mask_only, SIZE)
-    assert coords.shape == (1, 0, 2) and labels.shape == (1, 0)
+    assert coords.shape == (1, 1, 2) and labels.tolist() == [[-2]]  # one empty slot: no sparse token, as in SamPredictor
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -21,7 +21,7 @@ from tinysam_edge.coco import load_ground_truth
 from tinysam_edge.errors import TinySamError
 from tinysam_edge.label.annotate import annotation
 from tinysam_edge.label.inputs import read_images
-from tinysam_edge.label.shards import ShardWriter, merge
+from tinysam_edge.label.shards import ShardWriter, complete_shards, merge
 from tinysam_edge.quantize.evaluation.coco import evaluate_segm
 
 COCO8 = "instances_coco8seg.json"
@@ -92,7 +92,9 @@ def local_job(subset, parity_model_dir, label_home, tmp_path_factory) -> Path:
 
 def test_local_output_format(local_job, subset, capsys):
     shards = sorted(p.name for p in (local_job / "shards").iterdir())
-    assert shards == ["shard-00000.jsonl", "shard-00001.jsonl"]  # 4 images in shards of 3; no temporary file left
+    # 4 images in shards of 3, each with its checksum (sha256sum format); no temporary file left
+    assert shards == ["shard-00000.jsonl", "shard-00000.sha256", "shard-00001.jsonl", "shard-00001.sha256"]
+    assert (local_job / "shards" / "shard-00001.sha256").read_text().endswith("  shard-00001.jsonl\n")
     lines = lines_of(local_job)
     assert [line["image_id"] for line in lines] == list(SUBSET) and [line["index"] for line in lines] == [0, 1, 2, 3]
     by_image = {line["image_id"]: line for line in lines}
@@ -124,9 +126,17 @@ def test_ground_truth_masks_through_the_writer_score_ap_one(coco_mini, tmp_path)
         writer.add({**head, "height": info["height"], "width": info["width"], "annotations": records})
     counts = merge(tmp_path, images.items, 3, coco.dataset["categories"], {})
     merged = json.loads((tmp_path / "annotations.json").read_text())
-    assert counts == {"labelled": 8, "failed": 0, "annotations": len(merged["annotations"])} and counts["annotations"] > 0
+    assert (
+        counts == {"labelled": 8, "failed": 0, "annotations": len(merged["annotations"]), "dropped_boxes": 0} and counts["annotations"] > 0
+    )
     stats, _ = evaluate_segm(coco, merged["annotations"], coco.getImgIds())
     assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
+
+
+def _grid_args(folder: Path, out: Path, model_dir: Path) -> list[str]:
+    """Everything mode at its cheapest: a 4x4 grid, no filtering."""
+    options = ["--mode", "grid", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    return ["label", str(folder), "--everything", *options, "--model-dir", str(model_dir), "--out", str(out)]
 
 
 def test_bad_images_go_to_errors_and_the_rest_is_labelled(coco_mini, parity_model_dir, tmp_path, capsys):
@@ -136,29 +146,17 @@ def test_bad_images_go_to_errors_and_the_rest_is_labelled(coco_mini, parity_mode
     shutil.copy(coco_mini / "images" / "000000000034.jpg", folder / "nested" / "d.jpg")
     (folder / "b_corrupt.jpg").write_bytes((coco_mini / "images" / "000000000030.jpg").read_bytes()[:40])
     (folder / "c_empty.png").write_bytes(b"")
+    shutil.copy(coco_mini / "images" / "000000000030.jpg", os.fsdecode(bytes(folder) + b"/caf\xe9.jpg"))  # a name not in UTF-8
     out = tmp_path / "out"
-    args = [
-        "label",
-        str(folder),
-        "--everything",
-        "--mode",
-        "grid",
-        "--points-per-side",
-        "4",
-        "--pred-iou-thresh",
-        "0",
-        "--stability-score-thresh",
-        "0",
-    ]
-    assert main([*args, "--model-dir", str(parity_model_dir), "--out", str(out), "--shard-size", "2"]) == 0
+    assert main([*_grid_args(folder, out, parity_model_dir), "--shard-size", "2"]) == 0
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
-    assert [(e["image_id"], e["file_name"]) for e in errors] == [(2, "b_corrupt.jpg"), (3, "c_empty.png")]
-    assert all("cannot decode" in e["error"] for e in errors)
+    assert [(e["image_id"], e["file_name"]) for e in errors] == [(2, "b_corrupt.jpg"), (3, "c_empty.png"), (4, "caf\\xe9.jpg")]
+    assert all("cannot decode" in e["error"] for e in errors[:2]) and "not valid UTF-8" in errors[2]["error"]
     merged = json.loads((out / "annotations.json").read_text())
     assert [i["file_name"] for i in merged["images"]] == ["a.jpg", "nested/d.jpg"]
     assert merged["categories"] == [{"id": 1, "name": "object", "supercategory": "object"}] and merged["annotations"]
     assert all(a["category_id"] == 1 and a["score"] == a["predicted_iou"] and "point" in a["prompt"] for a in merged["annotations"])
-    assert "failed 2 this run" in capsys.readouterr().out
+    assert "failed 3 this run" in capsys.readouterr().out
 
 
 def test_image_lists(tmp_path):
@@ -232,7 +230,9 @@ def test_killed_job_resumes_without_duplicates(subset, parity_model_dir, local_j
     summary = capsys.readouterr().out
     skipped = int(summary.split("skipped ")[1].split()[0])
     assert 1 <= skipped < len(SUBSET) and f"done {len(SUBSET) - skipped} images" in summary
-    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"shard-{i:05d}.jsonl" for i in range(len(SUBSET))]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        f"shard-{i:05d}.{x}" for i in range(len(SUBSET)) for x in ("jsonl", "sha256")
+    ]
     assert [line["index"] for line in lines_of(out)] == list(range(len(SUBSET)))
     resumed, reference = (json.loads((d / "annotations.json").read_text()) for d in (out, local_job))
     assert resumed["annotations"] == reference["annotations"] and resumed["images"] == reference["images"]
@@ -339,3 +339,112 @@ def test_teacher_cache_on_ray_equals_the_local_one(coco_mini, parity_dir, ray_tm
     assert local == remote and len(local) == 7  # meta.json + 3 images x (plain, flipped)
     for name in local:
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+
+
+def _drop_image_id(text: bytes) -> bytes:
+    lines = text.decode().splitlines()
+    line = json.loads(lines[0])
+    del line["image_id"]
+    return "\n".join([json.dumps(line), *lines[1:]]).encode() + b"\n"
+
+
+def _rename(text: bytes) -> bytes:
+    return text.replace(b'"file_name":"', b'"file_name":"renamed-', 1)
+
+
+TAMPERINGS = {
+    "line without image_id": (_drop_image_id, "does not match the checksum"),
+    "invalid UTF-8 appended": (lambda text: text + b"\xff\xfe garbage\n", "does not match the checksum"),
+    "file_name edited": (_rename, "does not match the checksum"),
+    "file_name edited, checksum rewritten": (_rename, "is not that image's record"),
+    "checksum deleted": (lambda text: text, "no checksum was recorded"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERINGS))
+def test_damaged_shards_are_found_and_deleted(local_job, subset, tmp_path, case):
+    import hashlib
+
+    change, reason = TAMPERINGS[case]
+    out = tmp_path / "job"
+    shutil.copytree(local_job, out)
+    shard, record = out / "shards" / "shard-00000.jsonl", out / "shards" / "shard-00000.sha256"
+    shard.write_bytes(change(shard.read_bytes()))
+    if "rewritten" in case:
+        record.write_text(f"{hashlib.sha256(shard.read_bytes()).hexdigest()}  {shard.name}\n")
+    if "deleted" in case:
+        record.unlink()
+    items = read_images(subset["images"], subset["root"]).items
+    done, damaged = complete_shards(out, items, 3)
+    assert done == {1} and len(damaged) == 1 and damaged[0].startswith("shard-00000.jsonl: ") and reason in damaged[0]
+    assert not shard.exists() and not record.exists()  # deleted, to be redone
+    assert complete_shards(local_job, items, 3) == ({0, 1}, [])  # the untouched job is whole
+
+
+def test_resume_redoes_a_damaged_shard(subset, parity_model_dir, local_job, tmp_path, capsys):
+    out = tmp_path / "job"
+    shutil.copytree(local_job, out)
+    last = out / "shards" / "shard-00001.jsonl"  # one image: the cheapest shard to redo
+    last.write_bytes(_drop_image_id(last.read_bytes()))
+    assert main([*label_args(subset, out, parity_model_dir, "--shard-size", "3"), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "done 1 images" in captured.out and "skipped 3" in captured.out and "redid 1 damaged shards" in captured.out
+    assert "redoing shard-00001.jsonl" in captured.err
+    assert lines_of(out) == lines_of(local_job)
+    assert (
+        json.loads((out / "annotations.json").read_text())["annotations"]
+        == json.loads((local_job / "annotations.json").read_text())["annotations"]
+    )
+
+
+def test_boxes_empty_inside_the_image_are_dropped(subset, parity_model_dir, tmp_path, capsys):
+    image = json.loads(subset["images"].read_text())["images"][0]
+    w = image["width"]
+    images = tmp_path / "one.json"
+    images.write_text(json.dumps({"images": [image], "categories": [{"id": 1, "name": "thing"}]}))
+    boxes = [[10, 10, 50, 40], [w + 5, 10, 30, 30], [20, 20, 0, 15], [-40, -40, 30, 30], [30, 40, 20, 0]]
+    detections = tmp_path / "dets.json"
+    detections.write_text(json.dumps([{"image_id": image["id"], "category_id": 1, "bbox": b, "score": 0.9} for b in boxes]))
+    out = tmp_path / "out"
+    args = ["label", str(images), "--image-root", str(subset["root"]), "--boxes", str(detections), "--model-dir", str(parity_model_dir)]
+    assert main([*args, "--out", str(out)]) == 0
+    (line,) = lines_of(out)
+    assert len(line["annotations"]) == 1 and line["annotations"][0]["prompt"]["box"] == [10, 10, 50, 40]
+    assert line["dropped_boxes"] == boxes[1:]
+    (error,) = [json.loads(e) for e in (out / "errors.jsonl").read_text().splitlines()]
+    assert error["image_id"] == image["id"] and error["dropped_boxes"] == boxes[1:] and "4 boxes are empty" in error["warning"]
+    assert "4 boxes dropped" in capsys.readouterr().out
+    assert len(json.loads((out / "annotations.json").read_text())["annotations"]) == 1
+
+
+def test_ctrl_c_stops_at_once_with_a_resume_hint(coco_mini, parity_model_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("000000000025.jpg", "000000000030.jpg", "000000000034.jpg"):
+        shutil.copy(coco_mini / "images" / name, folder / name)
+    out = tmp_path / "out"
+    args = [*_grid_args(folder, out, parity_model_dir), "--shard-size", "1"]
+    # Python keeps SIGINT ignored if it starts ignored (a child of a background job): give the child the usual handler
+    handler = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    code = f"{handler}; import sys; from tinysam_edge.cli import main; sys.exit(main({args!r}))"
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for started in iter(driver.stderr.readline, ""):  # "labelling 3 of 3 images ...": the worker compiles or labels now
+        if started.startswith("labelling"):
+            break
+    assert started.startswith("labelling"), started + driver.stderr.read()
+    time.sleep(0.5)
+    driver.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    stderr = driver.communicate(timeout=60)[1]
+    print(f"exit {time.monotonic() - sent:.1f} s after SIGINT")  # about 0.3 s here; it waited for the worker before
+    assert driver.returncode == 130 and "run the same command with --resume" in stderr and "Traceback" not in stderr
+    shards = sorted(p.name for p in (out / "shards").iterdir()) if (out / "shards").exists() else []
+    assert all(not name.startswith(".") for name in shards) and len(shards) % 2 == 0  # whole shards, each with its checksum
+
+
+def test_image_lists_flag_names_that_are_not_utf8(tmp_path):
+    coco = tmp_path / "images.json"
+    coco.write_text('{"images": [{"id": 1, "file_name": "ok.jpg"}, {"id": 2, "file_name": "caf\\ud800.jpg"}]}')  # a lone surrogate
+    ok, bad = read_images(coco).items
+    assert ok.error is None and bad.file_name == "caf\\ud800.jpg" and "not valid UTF-8" in bad.error
+    assert len(read_images(coco).fingerprint()) == 64  # the job can be described (and resumed) with such a name in it

@@ -13,6 +13,7 @@ ov = pytest.importorskip("openvino")
 torch = pytest.importorskip("torch")
 
 from tinysam_edge import Predictor, load_image
+from tinysam_edge.devices import shared_core
 from tinysam_edge.errors import DeviceError, ModelDirError
 from tinysam_edge.manifest import MANIFEST_FILE, Manifest
 from tinysam_edge.models import TorchPredictor, build_sam
@@ -128,7 +129,7 @@ def test_precision_is_pinned_and_reported(random_model_dir):
 
 @pytest.mark.parametrize("device", ["GPU", "NPU", "GPU.1"])
 def test_absent_devices_name_what_is_available(random_model_dir, device):
-    if device.split(".")[0] in ov.Core().available_devices:
+    if device.split(".")[0] in shared_core().available_devices:
         pytest.skip(f"{device} exists on this machine")
     with pytest.raises(DeviceError, match="not available on this machine \\(available: CPU"):
         Predictor(random_model_dir, device=device)
@@ -203,7 +204,7 @@ def test_export_refuses_unusable_static_shapes(random_model, random_checkpoint, 
 def test_prompt_shaped_copies_the_decoder_with_static_prompts(random_model_dir):
     from tinysam_edge.decoder_graphs import prompt_shaped
 
-    decoder = ov.Core().read_model(random_model_dir / "decoder.xml")
+    decoder = shared_core().read_model(random_model_dir / "decoder.xml")
     static = prompt_shaped(decoder, 3, 5, masks=1)
     shapes = {port.get_any_name(): list(port.get_partial_shape().to_shape()) for port in static.inputs}
     assert shapes["point_coords"] == [3, 5, 2] and shapes["point_labels"] == [3, 5] and shapes["mask_input"] == [1, 1, 256, 256]
@@ -219,7 +220,7 @@ def test_manifest_records_the_contract(random_model_dir):
     assert set(data["versions"]) >= {"openvino", "torch", "tinysam_edge"}
     assert set(data["contract"]["decoder_inputs"]) == {"image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"}
     assert manifest.static_shapes["decoder_static"].batch == 1
-    decoder = ov.Core().read_model(random_model_dir / "decoder_static.xml")
+    decoder = shared_core().read_model(random_model_dir / "decoder_static.xml")
     assert all(port.get_partial_shape().is_static for port in decoder.inputs)
 
 

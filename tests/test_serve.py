@@ -309,7 +309,7 @@ def test_security_defaults(parity_model_dir, tmp_path, capsys, monkeypatch):
     for extra, words in (
         (["--host", "0.0.0.0"], "without an API key"),
         (["--api-key", "short"], "at least 16"),
-        (["--source", "nothing.mp4"], "neither"),
+        (["--source", "nothing.mp4"], "cannot open video source"),
     ):
         assert main(["serve", "--model-dir", str(parity_model_dir), *extra]) == 2
         assert words in capsys.readouterr().err

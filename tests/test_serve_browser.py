@@ -28,7 +28,7 @@ SCREENSHOT_ENV = "TINYSAM_EDGE_UI_SCREENSHOT"
 def browser():
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or driver_path is None:
-        pytest.skip("needs Debian's chromium and chromium-driver (scripts/setup_env.sh installs them where apt-get runs as root)")
+        pytest.skip("needs Debian's chromium and chromium-driver (scripts/setup_test_env.sh installs them where apt-get runs as root)")
     options = Options()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900", "--force-device-scale-factor=1"):

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 ov = pytest.importorskip("openvino")
 
 from tinysam_edge import Predictor, load_image
+from tinysam_edge.devices import shared_core
 from tinysam_edge.models import TorchPredictor, build_sam
 from tinysam_edge.models.modeling import CachedMaskDecoder
 
@@ -83,7 +84,7 @@ def test_torch_predictor_first_and_repeated_prompts(parity_dir, parity):
 def test_openvino_first_and_repeated_prompts(parity_model_dir, parity):
     predictor = Predictor(parity_model_dir)
     _check_fixture_twice(predictor, parity)
-    state_bytes = sum(t.byte_size for t in predictor._state[1])
+    state_bytes = sum(t.byte_size for t in predictor._state.tensors)
     assert state_bytes < 100 * 2**20, f"the per-image state takes {state_bytes / 2**20:.0f} MB"
 
 
@@ -128,8 +129,8 @@ def test_low_memory_predictor_compiles_one_graph_per_decoder_on_first_use(random
     clicks = {"point_coords": np.array([[100, 120], [300, 200], [50, 250]]), "point_labels": np.array([1, 0, 1])}
     points = np.random.default_rng(9).uniform(10, 290, (4, 1, 2))
     eager, lean = Predictor(random_model_dir), Predictor(random_model_dir, specialized_graphs=0)
-    assert not lean._decoders._compiled and lean._decoders._image is None  # nothing compiled before it is used
-    assert ("plain", 1, 2, 0) in eager._decoders._compiled and eager._decoders._image is not None
+    assert not lean.model.decoders._compiled and lean.model.decoders._image is None  # nothing compiled before it is used
+    assert ("plain", 1, 2, 0) in eager.model.decoders._compiled and eager.model.decoders._image is not None
     results = []
     for p in (eager, lean):
         p.set_image(image)
@@ -137,7 +138,7 @@ def test_low_memory_predictor_compiles_one_graph_per_decoder_on_first_use(random
         results.append((first, again, several, p.decode_batch(points, np.ones((4, 1)))[0]))
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
-    assert set(lean._decoders._compiled) == {("plain", None), ("prompt", None)} and lean._decoders._image is not None
+    assert set(lean.model.decoders._compiled) == {("plain", None), ("prompt", None)} and lean.model.decoders._image is not None
     with pytest.raises(ValueError, match="specialized_graphs"):
         Predictor(random_model_dir, specialized_graphs=-1)
 
@@ -162,7 +163,7 @@ def test_static_devices_keep_the_plain_graph(random_model_dir):
 
 
 def _cpu_has_bf16() -> bool:
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in shared_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 @pytest.mark.skipif(not _cpu_has_bf16(), reason="this CPU has no bf16 support in OpenVINO")

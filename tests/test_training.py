@@ -21,12 +21,16 @@ from pycocotools import mask as mask_utils
 
 from tinysam_edge.cli import main
 from tinysam_edge.errors import TinySamError
+from tinysam_edge.image import load_image
 from tinysam_edge.models import build_sam
 from tinysam_edge.models.training import cache_teacher, losses
+from tinysam_edge.models.training.cache_builder import build_cache
 from tinysam_edge.models.training.config import read_config
-from tinysam_edge.models.training.data import SegmentationDataset, load_records, make_loader, split_records, to_low_res
-from tinysam_edge.models.training.prompt_sampling import CELL, SamplerConfig, error_points, first_prompts, hard_prompts
-from tinysam_edge.models.training.teacher_cache import CacheMeta, build_cache
+from tinysam_edge.models.training.data import SegmentationDataset, collate, encoder_inputs, make_loader
+from tinysam_edge.models.training.prompt_sampling import CELL, SamplerConfig, draw_objects, error_points, first_prompts, hard_prompts
+from tinysam_edge.models.training.records import load_records, split_records, to_low_res
+from tinysam_edge.models.training.teacher_cache import CacheMeta, open_cache
+from tinysam_edge.transforms import preprocess
 
 COCO_IMAGES = DATA / "coco_mini" / "images"
 COCO8 = DATA / "coco_mini" / "annotations" / "instances_coco8seg.json"
@@ -58,7 +62,7 @@ def test_error_points_lie_in_error_region_with_matching_labels():
     pred[0] = gt[0]  # a perfect prediction has no error region
     valid = torch.zeros(32, 32, dtype=torch.bool)
     valid[:30, :25] = True
-    coords, labels, found = error_points(pred, gt, valid, gen)
+    coords, labels, found = error_points(pred, gt, valid, torch.rand(64, generator=gen), torch.randint(0, CELL, (64, 2), generator=gen))
     x, y = _cells(coords)
     rows = torch.arange(64)
     error = (pred ^ gt) & valid
@@ -71,7 +75,9 @@ def test_error_points_lie_in_error_region_with_matching_labels():
 def test_first_prompt_point_inside_gt_and_box_layout():
     gt = _square_masks(50)
     boxes = torch.tensor([[80.0, 40.0, 320.0, 240.0]]).repeat(50, 1)
-    prompts = first_prompts(gt, boxes, (1024, 768), SamplerConfig(box_prob=0.5, max_iterations=3), _gen(1))
+    config = SamplerConfig(box_prob=0.5, max_iterations=3)
+    sizes = torch.tensor([[1024, 768]]).repeat(50, 1)
+    prompts = first_prompts(gt, boxes, sizes, config, draw_objects(50, config, _gen(1), torch.device("cpu")))
     is_box = prompts.labels[:, 0] == 2
     assert 0 < is_box.sum() < 50 and prompts.labels.shape == (50, 5)
     x, y = _cells(prompts.coords[~is_box, 0])
@@ -94,7 +100,9 @@ def test_hard_prompts_follow_iteration_range_and_predictions():
         predictions.append((pred, prompts.labels.clone()))
         return pred
 
-    prompts = hard_prompts(predict, gt, boxes, (1024, 1024), config, _gen(2))
+    sizes = torch.tensor([[1024, 1024]]).repeat(200, 1)
+    draws = draw_objects(200, config, _gen(2), torch.device("cpu"))
+    prompts = hard_prompts(predict, gt, boxes, sizes, config, draws, config.max_iterations)
     extra = (prompts.labels[:, 2:] >= 0).sum(1)
     assert extra.min() == 2 and extra.max() == 5  # uniform over the inclusive range, both ends drawn
     assert len(predictions) == 5
@@ -114,7 +122,8 @@ def test_hard_prompts_are_deterministic_with_a_seed():
     def predict(prompts):
         return torch.zeros_like(gt)
 
-    runs = [hard_prompts(predict, gt, boxes, (1024, 1024), SamplerConfig(), _gen(seed)) for seed in (3, 3, 4)]
+    sizes, config, cpu = torch.tensor([[1024, 1024]]).repeat(20, 1), SamplerConfig(), torch.device("cpu")
+    runs = [hard_prompts(predict, gt, boxes, sizes, config, draw_objects(20, config, _gen(s), cpu), 9) for s in (3, 3, 4)]
     assert torch.equal(runs[0].coords, runs[1].coords) and torch.equal(runs[0].labels, runs[1].labels)
     assert not torch.equal(runs[0].coords, runs[2].coords)
 
@@ -210,7 +219,7 @@ def test_sa1b_dataset_decodes_masks_into_the_input_frame(shapes_sa1b):
     sample = SegmentationDataset(records, max_masks=8)[1]
     ann = records[1].annotations[0]
     mask = mask_utils.decode(ann["segmentation"]).astype(bool)
-    assert sample["image"].shape == (3, 1024, 1024) and sample["masks"].shape == (3, 256, 256)
+    assert sample["image"].shape == (829, 1024, 3) and sample["image"].dtype == torch.uint8 and sample["masks"].shape == (3, 256, 256)
     assert sample["input_size"] == (829, 1024)  # 340x420 scaled to a 1024 long side
     expected = {
         m.sum() for m in (to_low_res(mask_utils.decode(a["segmentation"]).astype(bool), (829, 1024)) for a in records[1].annotations)
@@ -226,9 +235,8 @@ def test_flips_are_seeded_per_sample_and_mirror_masks(shapes_sa1b):
     records = load_records(shapes_sa1b)
     data = SegmentationDataset(records, flip=True, seed=5)
     draws = [[data[i]["flipped"] for i in range(4)] for _ in range(2)]
-    assert draws[0] == draws[1]
-    data.set_epoch(1)
-    flips = {data[i]["flipped"] for i in range(4)} | set(draws[0])
+    assert draws[0] == draws[1] == [data[(0, i)]["flipped"] for i in range(4)]
+    flips = {data[(1, i)]["flipped"] for i in range(4)} | set(draws[0])
     assert flips == {True, False}
     plain = SegmentationDataset(records, flip=False)
     for i in range(4):
@@ -239,13 +247,32 @@ def test_flips_are_seeded_per_sample_and_mirror_masks(shapes_sa1b):
                 assert max(losses.mask_iou(m.flip(-1), q).item() for q in p["masks"]) > 0.98
 
 
-def test_loader_with_worker_processes_matches_in_process_loading(shapes_sa1b):
-    data = SegmentationDataset(load_records(shapes_sa1b), flip=True, seed=1)
-    batches = [list(make_loader(data, batch_size=2, num_workers=n, shuffle=True, seed=3)) for n in (0, 2)]
-    assert len(batches[0]) == 2
-    for a, b in zip(*batches, strict=True):
-        assert a["key"] == b["key"] and a["flipped"] == b["flipped"]
-        assert torch.equal(a["image"], b["image"]) and all(torch.equal(x, y) for x, y in zip(a["masks"], b["masks"], strict=True))
+def test_persistent_workers_draw_each_epochs_subsets_and_flips(shapes_sa1b):
+    """Workers live across epochs; the epoch travels with each index, so epoch 2 differs from epoch 1 as without workers."""
+    data = SegmentationDataset(load_records(shapes_sa1b), max_masks=2, flip=True, seed=1)
+    epochs = {}
+    for workers in (0, 1):
+        loader = make_loader(data, batch_size=2, num_workers=workers, shuffle=True, seed=3)
+        assert loader.persistent_workers == (workers > 0)
+        epochs[workers] = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            epochs[workers].append([(b["key"], b["flipped"].tolist(), b["masks"].sum((1, 2)).tolist()) for b in loader])
+    assert epochs[0] == epochs[1]
+    assert epochs[0][0] != epochs[0][1]  # another order, other flips and object subsets
+    loader.sampler.set_epoch(1, start=2)  # a resumed epoch skips what was trained already
+    assert [b["key"] for b in loader] == [epochs[0][1][1][0]]
+
+
+def test_device_preprocessing_equals_the_runtime_preprocessing(shapes_sa1b):
+    data = SegmentationDataset(load_records(shapes_sa1b), flip=True, seed=0)
+    batch = collate([data[(0, i)] for i in range(4)] + [data[(1, i)] for i in range(4)])
+    assert set(batch["flipped"].tolist()) == {True, False}
+    inputs = encoder_inputs(batch["image"], batch["input_size"], batch["flipped"], torch.device("cpu"))
+    for row, (key, flipped) in enumerate(zip(batch["key"], batch["flipped"].tolist(), strict=True)):
+        image = load_image(shapes_sa1b / f"{key}.jpg")
+        expected, _ = preprocess(np.ascontiguousarray(image[:, ::-1]) if flipped else image)
+        assert torch.equal(inputs[row], torch.from_numpy(expected[0]))
 
 
 def test_split_is_deterministic_and_disjoint(shapes_sa1b):
@@ -274,33 +301,34 @@ def test_coco_dataset_reads_coco_mini():
 def test_teacher_cache_is_fp16_resumable_and_refuses_another_teacher(shapes_sa1b, tmp_path):
     data = SegmentationDataset(load_records(shapes_sa1b))
     keys = [r.key for r in data.records]
-    calls = []
+    batches = []
 
-    def encode(image):
-        calls.append(image.shape)
-        return torch.full((1, 256, 64, 64), float(len(calls)))
+    def encode(inputs):  # each embedding holds the mean of its input: flips and batches stay traceable
+        batches.append(inputs.shape[0])
+        return inputs.mean((1, 2, 3))[:, None, None, None].expand(-1, 256, 64, 64)
 
     meta = CacheMeta("vit_t", "t.pth", "a" * 64, flips=True)
-    cache = build_cache(encode, data.load_input, keys, tmp_path / "cache", meta, log=lambda *_: None)
-    assert len(calls) == 8 and cache.missing(keys) == []
+    cpu = torch.device("cpu")
+    cache = build_cache(encode, data, tmp_path / "cache", meta, cpu, batch_size=3, log=lambda *_: None)
+    assert batches == [6, 2] and cache.missing(keys) == []  # 3 images and their flips per batch
     emb = cache.load("sa_2", flipped=True)
     assert emb.dtype == np.float16 and emb.shape == (1, 256, 64, 64)
+    image, _ = data.load_input(2, flipped=True)
+    assert abs(float(emb[0, 0, 0, 0]) - image.mean(dtype=np.float64)) < 2e-3
     cache.path("sa_1", flipped=True).unlink()
     cache.path("sa_3").write_bytes(b"")  # an interrupted copy: a zero-byte embedding
     assert cache.missing(keys) == ["sa_1", "sa_3"]
     with pytest.raises(TinySamError, match=r"sa_3\.npy is damaged"):
         cache.load("sa_3")
-    build_cache(encode, data.load_input, keys, tmp_path / "cache", meta, log=lambda *_: None)
-    assert len(calls) == 10 and cache.missing(keys) == []  # only the missing and the damaged file were encoded again
+    before = {k: cache.path(k).stat().st_mtime_ns for k in ("sa_0", "sa_1")}
+    build_cache(encode, data, tmp_path / "cache", meta, cpu, batch_size=3, log=lambda *_: None)
+    assert batches[2:] == [4] and cache.missing(keys) == []  # only the two images with a missing or damaged file
+    assert cache.path("sa_0").stat().st_mtime_ns == before["sa_0"] and cache.path("sa_1").stat().st_mtime_ns == before["sa_1"]
     other = CacheMeta("vit_b", "b.pth", "b" * 64, flips=True)
     with pytest.raises(TinySamError, match="another teacher"):
-        build_cache(encode, data.load_input, keys, tmp_path / "cache", other, log=lambda *_: None)
+        build_cache(encode, data, tmp_path / "cache", other, cpu, log=lambda *_: None)
     with pytest.raises(ValueError, match="flipped teacher embeddings"):
-        SegmentationDataset(
-            data.records,
-            flip=True,
-            teacher_cache=build_cache(encode, data.load_input, keys, tmp_path / "c2", CacheMeta("vit_t", "t", "a", False)),
-        )
+        SegmentationDataset(data.records, flip=True, teacher_cache=open_cache(tmp_path / "c2", CacheMeta("vit_t", "t", "a", False)))
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -404,10 +432,9 @@ def test_damaged_teacher_embedding_is_named_before_training(random_checkpoint, s
     from tinysam_edge.weights import sha256_file
 
     keys = [r.key for r in load_records(shapes_sa1b)]
-    meta = CacheMeta("vit_t", random_checkpoint.name, sha256_file(random_checkpoint), flips=False)
-    cache = build_cache(
-        lambda _: torch.zeros(1, 256, 64, 64), lambda i, f: (np.zeros((1, 3, 8, 8), np.float32), (8, 8)), keys, tmp_path / "c", meta
-    )
+    cache = open_cache(tmp_path / "c", CacheMeta("vit_t", random_checkpoint.name, sha256_file(random_checkpoint), flips=False))
+    for key in keys:
+        cache.store(key, False, np.zeros((1, 256, 64, 64), np.float32))
     cache.path("sa_2").write_bytes(b"")
     with pytest.raises(TinySamError, match=r"sa_2\.npy, missing or damaged"):
         load_training_data(_cache_config(random_checkpoint, shapes_sa1b, tmp_path / "c", tmp_path / "run"))
@@ -500,13 +527,73 @@ def _private_run(smoke_run, tmp_path) -> tuple[Path, list[str]]:
     return run, ["train", "distill", "--config", str(smoke_run / "smoke.toml"), "--set", f'run.out="{run}"', "--resume"]
 
 
-def test_smoke_run_resumes_from_its_last_state(smoke_run, tmp_path):
-    run, resume = _private_run(smoke_run, tmp_path)
-    assert [int(r["step"]) for r in _log_rows(run)] == list(range(1, 5))
-    _cli(*resume, "--set", "optim.max_steps=6")
-    assert [int(r["step"]) for r in _log_rows(run)] == list(range(1, 7))
-    state = torch.load(run / "train_state.pt", map_location="cpu", weights_only=True)
-    assert state["step"] == 6 and state["optimizer"]["state"]
+STOP_AT_STEP = """
+import os, signal, sys
+from tinysam_edge.cli import main
+from tinysam_edge.models.training import distill
+update = distill.Distiller.update
+def stop_after(self, batch):
+    terms = update(self, batch)
+    if self.step == {step}:
+        os.kill(os.getpid(), signal.{signal})
+    return terms
+distill.Distiller.update = stop_after
+sys.exit(main({argv!r}))
+"""
+
+
+def _stopped_run(smoke_run, out: Path, signal: str, step: int) -> subprocess.CompletedProcess:
+    """The smoke run's config in ``out`` with one loader worker, sent ``signal`` by itself right after ``step``."""
+    argv = ["train", "distill", "--config", str(smoke_run / "smoke.toml"), "--set", f'run.out="{out}"', "--set", "data.num_workers=1"]
+    code = STOP_AT_STEP.format(step=step, signal=signal, argv=argv)
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=900)
+
+
+def test_sigterm_saves_the_state_and_resume_continues_bit_for_bit(smoke_run, tmp_path):
+    out = tmp_path / "run"
+    stopped = _stopped_run(smoke_run, out, "SIGTERM", 2)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == "tinysam-edge: terminated"
+    assert "Traceback" not in stopped.stderr and "_workers_status" not in stopped.stderr
+    assert torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)["step"] == 2
+    _cli("train", "distill", "--config", smoke_run / "smoke.toml", "--set", f'run.out="{out}"', "--resume")
+    assert [int(r["step"]) for r in _log_rows(out)] == list(range(1, 5))
+    resumed = torch.load(out / "student_last.pth", map_location="cpu", weights_only=True)
+    straight = torch.load(smoke_run / "run" / "student_last.pth", map_location="cpu", weights_only=True)
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_state_and_exits_130(smoke_run, tmp_path):
+    stopped = _stopped_run(smoke_run, tmp_path / "run", "SIGINT", 1)
+    assert stopped.returncode == 130 and stopped.stderr.strip().splitlines()[-1] == "tinysam-edge: interrupted"
+    assert "Traceback" not in stopped.stderr
+    assert torch.load(tmp_path / "run" / "train_state.pt", map_location="cpu", weights_only=True)["step"] == 1
+
+
+def test_checkpoints_have_the_official_439_tensor_layout(tmp_path):
+    from tinysam_edge.models import save_checkpoint
+
+    meta = json.loads(require(PARITY / "meta.json").read_text())
+    save_checkpoint(build_sam("vit_t"), tmp_path / "s.pth")
+    state = torch.load(tmp_path / "s.pth", map_location="cpu", weights_only=True)
+    assert [(k, list(v.shape)) for k, v in state.items()] == [(e["key"], e["shape"]) for e in meta["state_dict_keys"]]
+    assert len(state) == 439 and build_sam("auto", checkpoint=tmp_path / "s.pth").flavour == "tinysam"
+
+
+def test_cuda_without_an_index_takes_the_local_rank(monkeypatch):
+    from tinysam_edge.models.training import devices
+
+    monkeypatch.setattr(devices, "_backend_available", lambda kind: True)
+    monkeypatch.setattr(devices, "_device_count", lambda kind: 4)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert devices.training_device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert devices.training_device("cuda") == torch.device("cuda", 2)
+    assert devices.training_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(TinySamError, match="cuda:5 requested but this machine has 4"):
+        devices.training_device("cuda")
 
 
 def test_resume_from_a_truncated_state_is_one_clear_error(smoke_run, tmp_path, capsys):

@@ -30,11 +30,13 @@ def display() -> str:
     """A fresh Xvfb display; the test skips only where Xvfb, xdotool or Tk are not installed."""
     missing = [tool for tool in ("Xvfb", "xdotool") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: scripts/setup_env.sh installs them (apt-get install xvfb xdotool, as root)")
+        pytest.skip(
+            f"{' and '.join(missing)} not installed: scripts/setup_test_env.sh installs them (apt-get install xvfb xdotool, as root)"
+        )
     try:
         import tkinter  # noqa: F401
     except ImportError:
-        pytest.skip("this Python has no tkinter: scripts/setup_env.sh installs Debian's python3-tk (as root)")
+        pytest.skip("this Python has no tkinter: scripts/setup_test_env.sh installs Debian's python3-tk (as root)")
     read, write = os.pipe()
     server = subprocess.Popen(
         ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp", "-noreset"],
@@ -123,7 +125,7 @@ def _overlay(
     predictor: "Predictor", frame: np.ndarray, points: list[tuple[int, int, int]], box: list[int] | None = None
 ) -> tuple[np.ndarray, int]:
     """What the window should show for these prompts on the predictor's current image, and the mask area."""
-    from tinysam_edge.live import PersistentPrompts, annotate
+    from tinysam_edge.overlay import PersistentPrompts, annotate
 
     return annotate(frame, predictor, PersistentPrompts(points, box).kwargs())
 

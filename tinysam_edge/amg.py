@@ -1,7 +1,9 @@
-"""Helpers of the automatic mask generators (SAM's ``utils/amg.py`` counterpart): point grids, box NMS, small regions."""
+"""Helpers of the automatic mask generators (SAM's ``utils/amg.py`` counterpart): point grids, stability, box NMS, small regions."""
 
 import cv2
 import numpy as np
+
+from .masks import MASK_THRESHOLD
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
@@ -10,6 +12,13 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
     side = np.linspace(offset, 1 - offset, n_per_side)
     xs, ys = np.meshgrid(side, side)
     return np.stack([xs.ravel(), ys.ravel()], axis=-1)
+
+
+def stability_score(logits: np.ndarray, offset: float) -> np.ndarray:
+    """(C, H, W) logits -> (C,) SAM's stability score: IoU of the masks at ``MASK_THRESHOLD`` +/- ``offset`` (0 where both are empty)."""
+    inner = np.count_nonzero(logits > MASK_THRESHOLD + offset, axis=(1, 2))
+    outer = np.count_nonzero(logits > MASK_THRESHOLD - offset, axis=(1, 2))
+    return np.divide(inner, outer, out=np.zeros(len(logits)), where=outer > 0)
 
 
 def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

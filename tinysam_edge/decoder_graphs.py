@@ -6,21 +6,20 @@ the same graph cut after the IoU head. CPU compiles each decoder for the exact p
 (static shapes run faster); GPU/NPU take the static IRs, which keep the plain graph.
 """
 
+import threading
+import weakref
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
 from .devices import compile_model
-from .errors import ModelDirError, error_cause
-from .manifest import DECODER_OUTPUTS, MANIFEST_FILE, Manifest, VariantShape
-from .masks import FLAVOURS
+from .errors import ModelDirError
+from .manifest import DECODER_OUTPUTS, Manifest, VariantShape
 from .prompts import LABEL_EMPTY, LOW_RES_SIZE
 
 SPLIT_ROLES = ("decoder_image", "decoder_prompt")
 DECODER_OUTPUTS_LOGITS, DECODER_OUTPUTS_IOU = DECODER_OUTPUTS
-ImageState = tuple[int, list[ov.Tensor]]  # (generation, per-image tensors)
 
 
 def prompt_shaped(decoder: ov.Model, batch: int, points: int, masks: int | None = None) -> ov.Model:
@@ -39,30 +38,6 @@ def prompt_shaped(decoder: ov.Model, batch: int, points: int, masks: int | None 
     return model
 
 
-def read_manifest(model_dir: Path) -> Manifest:
-    """``Manifest.read`` plus what the runtime relies on, checked before anything is compiled; every problem is a ModelDirError.
-
-    A malformed field becomes a ModelDirError naming the manifest; the flavour must be known, every
-    IR must lie inside the model dir, and the static decoders need a batch and point slots of 1..65536.
-    """
-    path = Path(model_dir) / MANIFEST_FILE
-    try:
-        manifest = Manifest.read(model_dir)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ModelDirError(f"{path} is malformed ({error_cause(exc)}); re-export the model") from exc
-    if manifest.flavour not in FLAVOURS:
-        raise ModelDirError(f"{path} gives flavour {manifest.flavour!r}, not one of {', '.join(FLAVOURS)}; re-export the model")
-    for role, name in manifest.files.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ModelDirError(f"{path} points {role} outside the model dir ({name}); refusing to read it")
-    for role, shape in manifest.static_shapes.items():
-        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 for v in (shape.batch, shape.points)):
-            raise ModelDirError(
-                f"{path} gives {role} batch {shape.batch!r} and {shape.points!r} point slots (each must be 1..65536); re-export the model"
-            )
-    return manifest
-
-
 def _checked_static(model: ov.Model, role: str, shape: VariantShape) -> ov.Model:
     """A static decoder IR whose prompt inputs have the manifest's shape (anything else never reaches the compiler)."""
     expected = {"point_coords": [shape.batch, shape.points, 2], "point_labels": [shape.batch, shape.points]}
@@ -76,15 +51,44 @@ def _checked_static(model: ov.Model, role: str, shape: VariantShape) -> ov.Model
     return model
 
 
+class DecoderState:
+    """One image's split-decoder tensors (the ``decoder_image`` outputs) that the prompt graphs read.
+
+    A state made by ``DecoderSession.image_state`` lives in that session's request and is overwritten by
+    its next image; ``detached`` copies outlive it and may be used by any session of the same model.
+    """
+
+    __slots__ = ("__weakref__", "detached", "tensors")
+
+    def __init__(self, tensors: list[ov.Tensor], detached: bool = False) -> None:
+        self.tensors, self.detached = tensors, detached
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tensors."""
+        return sum(t.byte_size for t in self.tensors)
+
+    def detach(self) -> "DecoderState":
+        """A copy that no request overwrites (itself if it is one already)."""
+        if self.detached:
+            return self
+        copies = []
+        for tensor in self.tensors:
+            copies.append(ov.Tensor(tensor.element_type, tensor.shape))
+            tensor.copy_to(copies[-1])
+        return DecoderState(copies, detached=True)
+
+
 class DecoderGraphs:
-    """Compiled decoders and their inference requests for one device and config.
+    """The compiled decoders of one model dir for one device and config, shared by every session of a model.
 
     ``read(role)`` returns the ``ov.Model`` of a manifest role. ``split=False`` leaves the split decoder
     out. With ``bf16`` its per-image tensors stay in bf16 between the graphs (no per-prompt conversion).
-    On CPU each graph (about 20-90 MB compiled) is compiled on first use; ``specialize`` caps how many
-    are compiled for one exact prompt shape (faster), other shapes run the dynamic graphs. With
-    ``specialize > 0`` the graphs of a first and of a repeated click are compiled up front, so no
-    click waits for a compile; ``specialize=0`` keeps memory low (one graph serves every prompt).
+    On CPU each graph (about 20-90 MB compiled) is compiled on first use, under a lock, by whichever
+    session needs it first; ``specialize`` caps how many are compiled for one exact prompt shape
+    (faster), other shapes run the dynamic graphs. With ``specialize > 0`` the graphs of a first and of
+    a repeated click are compiled up front, so no click waits for a compile; ``specialize=0`` keeps
+    memory low (one graph serves every prompt). Inference requests belong to ``DecoderSession``.
     """
 
     #: Default cap on graphs compiled for one exact (graph, batch, points, masks) shape.
@@ -102,12 +106,10 @@ class DecoderGraphs:
         split: bool = True,
         specialize: int = MAX_SPECIALIZED,
     ) -> None:
-        self._core, self._device, self._config, self.static = core, device, config, static
+        self._core, self.device, self._config, self.static = core, device, config, static
         self._compiled: dict[object, ov.CompiledModel] = {}
-        self._requests: dict[object, ov.InferRequest] = {}
-        self._bound: dict[object, int] = {}  # request key -> generation of the image state bound to it
-        self._generation = 0
-        self._image: ov.InferRequest | None = None
+        self._image: ov.CompiledModel | None = None
+        self._lock = threading.Lock()
         self._specialize, self._specialized = specialize, 0
         self._read, self._bf16 = read, bf16
         #: Whether the split (per-image state) decoder is available (never with the static IRs).
@@ -119,17 +121,25 @@ class DecoderGraphs:
                 shape = manifest.static_shapes.get(role)
                 if shape is None:
                     raise ModelDirError(f"the manifest gives no static shape for {role}; re-export the model")
-                self._add(shape, compile_model(core, _checked_static(read(role), role, shape), device, config))
-            self._interactive, self._batched = (manifest.static_shapes[r] for r in ("decoder_static", "decoder_static_batch"))
+                self._compiled[shape] = compile_model(core, _checked_static(read(role), role, shape), device, config)
+            self.interactive, self.batched = (manifest.static_shapes[r] for r in ("decoder_static", "decoder_static_batch"))
             return
         if specialize > 0:  # ready before the first click (point + padding point) and the second one
             self.specialized("plain", 1, 2, 0)
             if self.has_split:
-                self._image_request()
+                self.image_graph()
                 self.specialized("prompt", 1, 2)
         else:  # nothing compiled yet: an unreadable IR still fails here, not at the first click
             for role in ("decoder", *SPLIT_ROLES) if self.has_split else ("decoder",):
                 read(role)
+
+    def session(self) -> "DecoderSession":
+        """Inference requests of one thread's own on these graphs."""
+        return DecoderSession(self)
+
+    def compiled(self, key: object) -> ov.CompiledModel:
+        """The compiled graph of a key from ``specialized`` / ``dynamic`` (or a static ``VariantShape``)."""
+        return self._compiled[key]
 
     def _graph(self, name: str) -> ov.Model:
         """The ``ov.Model`` of ``plain``, ``image``, ``prompt`` or ``scores``, read afresh for each compile:
@@ -143,66 +153,93 @@ class DecoderGraphs:
             return ov.Model([model.output(DECODER_OUTPUTS_IOU)], model.get_parameters(), "decoder_scores")
         return model
 
-    def _image_request(self) -> ov.InferRequest:
-        if self._image is None:
-            self._image = compile_model(self._core, self._graph("image"), self._device, self._config).create_infer_request()
-        return self._image
+    def _compile(self, name: str, batch: int | None = None, points: int = 0, masks: int = 0) -> ov.CompiledModel:
+        model = self._graph(name)
+        if batch is not None:
+            model = prompt_shaped(model, batch, points, masks if name == "plain" else None)
+        return compile_model(self._core, model, self.device, self._config)
 
-    def _add(self, key: object, compiled: ov.CompiledModel) -> None:
-        self._compiled[key] = compiled
-        self._requests[key] = compiled.create_infer_request()
+    def image_graph(self) -> ov.CompiledModel:
+        """The split decoder's per-image graph (compiled on first use)."""
+        if self._image is None:
+            with self._lock:
+                if self._image is None:
+                    self._image = self._compile("image")
+        return self._image
 
     def specialized(self, graph: str, batch: int, points: int, masks: int = 0) -> object:
         """Key of ``graph`` compiled for exactly this shape (up to ``specialize`` shapes), else of its dynamic form."""
         key = (graph, batch, points, masks)
         if key not in self._compiled and self._specialized < self._specialize:
-            model = prompt_shaped(self._graph(graph), batch, points, masks if graph == "plain" else None)
-            self._add(key, compile_model(self._core, model, self._device, self._config))
-            self._specialized += 1
+            with self._lock:
+                if key not in self._compiled and self._specialized < self._specialize:
+                    self._compiled[key] = self._compile(graph, batch, points, masks)
+                    self._specialized += 1
         return key if key in self._compiled else self.dynamic(graph)
 
     def dynamic(self, graph: str) -> tuple[str, None]:
         """Key of ``graph`` compiled with dynamic prompt shapes (compiled on first use)."""
-        if (graph, None) not in self._compiled:
-            self._add((graph, None), compile_model(self._core, self._graph(graph), self._device, self._config))
-        return graph, None
+        key = (graph, None)
+        if key not in self._compiled:
+            with self._lock:
+                if key not in self._compiled:
+                    self._compiled[key] = self._compile(graph)
+        return key
 
-    def image_state(self, embedding: np.ndarray) -> ImageState:
+
+class DecoderSession:
+    """One thread's inference requests on shared ``DecoderGraphs``, and which image state each request holds."""
+
+    def __init__(self, graphs: DecoderGraphs) -> None:
+        self.graphs = graphs
+        self._requests: dict[object, ov.InferRequest] = {}
+        self._bound: dict[object, weakref.ref] = {}  # request key -> the DecoderState bound to its inputs
+        self._image: ov.InferRequest | None = None
+
+    def _request(self, key: object) -> ov.InferRequest:
+        if key not in self._requests:
+            self._requests[key] = self.graphs.compiled(key).create_infer_request()
+        return self._requests[key]
+
+    def image_state(self, embedding: np.ndarray) -> DecoderState:
         """The split decoder's per-image tensors for a (1, 256, 64, 64) embedding.
 
-        They live in this object's request and are overwritten by the next call.
+        They live in this session's request and are overwritten by the next call (``DecoderState.detach`` keeps them).
         """
-        request = self._image_request()
-        request.infer({0: embedding}, share_inputs=True)
-        self._generation += 1
-        return self._generation, [request.get_output_tensor(i) for i in range(len(request.model_outputs))]
+        if self._image is None:
+            self._image = self.graphs.image_graph().create_infer_request()
+        self._image.infer({0: embedding}, share_inputs=True)
+        return DecoderState([self._image.get_output_tensor(i) for i in range(len(self._image.model_outputs))])
 
-    def prompt(self, state: ImageState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def prompt(
+        self, state: DecoderState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Split-decoder outputs for (B, N, 2) coords / (B, N) labels: logits (B, 4, 256, 256), IoU (B, 4).
 
         ``exact_shape=False`` runs the dynamic graph: for batches whose size changes every call (the
         survivors of an IoU filter), where compiling each size (about 0.5 s) would cost more.
         """
-        graph_key = self.specialized("prompt", coords.shape[0], coords.shape[1]) if exact_shape else self.dynamic("prompt")
-        return self._run(self._bind(state, graph_key), state, coords, labels, DECODER_OUTPUTS)
+        graphs = self.graphs
+        key = graphs.specialized("prompt", coords.shape[0], coords.shape[1]) if exact_shape else graphs.dynamic("prompt")
+        return self._run(self._bind(state, key), state, coords, labels, DECODER_OUTPUTS)
 
-    def scores(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def scores(self, state: DecoderState, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """IoU predictions (B, 4) only: the split decoder cut after the IoU head (no mask branch)."""
-        request = self._bind(state, self.specialized("scores", coords.shape[0], coords.shape[1]))
+        request = self._bind(state, self.graphs.specialized("scores", coords.shape[0], coords.shape[1]))
         return self._run(request, state, coords, labels, (DECODER_OUTPUTS_IOU,))[0]
 
-    def _bind(self, state: ImageState, key: object) -> ov.InferRequest:
-        request = self._requests[key]
-        generation, tensors = state
-        if self._bound.get(key) != generation:
-            for i, tensor in enumerate(tensors):
+    def _bind(self, state: DecoderState, key: object) -> ov.InferRequest:
+        request = self._request(key)
+        bound = self._bound.get(key)
+        if bound is None or bound() is not state:
+            for i, tensor in enumerate(state.tensors):
                 request.set_input_tensor(i, tensor)
-            self._bound[key] = generation
+            self._bound[key] = weakref.ref(state)
         return request
 
     @staticmethod
-    def _run(request: ov.InferRequest, state: ImageState, coords, labels, outputs) -> list[np.ndarray]:
-        n = len(state[1])
+    def _run(request: ov.InferRequest, state: DecoderState, coords, labels, outputs) -> list[np.ndarray]:
+        n = len(state.tensors)
         request.infer({n: np.ascontiguousarray(coords, np.float32), n + 1: np.ascontiguousarray(labels, np.float32)}, share_inputs=True)
         return [request.get_tensor(name).data.copy() for name in outputs]
 
@@ -211,23 +248,23 @@ class DecoderGraphs:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The plain decoder: all 4 tokens' logits (B, 4, 256, 256) and IoU (B, 4)."""
         has_mask = np.ones(1, np.float32) if mask_input is not None else np.zeros(1, np.float32)
-        if not self.static:
+        if not self.graphs.static:
             # An empty mask batch skips the mask branch of the graph; the flag says which prompt to use.
             mask = mask_input if mask_input is not None else np.zeros((0, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
-            key = self.specialized("plain", coords.shape[0], coords.shape[1], mask.shape[0])
+            key = self.graphs.specialized("plain", coords.shape[0], coords.shape[1], mask.shape[0])
             return self._infer(key, embedding, coords, labels, mask, has_mask)
         return self._static(embedding, coords, labels, mask_input, has_mask)
 
     def _static(self, embedding, coords, labels, mask_input, has_mask) -> tuple[np.ndarray, np.ndarray]:
-        shape = self._interactive if coords.shape[0] == 1 else self._batched
+        shape = self.graphs.interactive if coords.shape[0] == 1 else self.graphs.batched
         if coords.shape[1] > shape.points:
             raise ValueError(
                 f"{coords.shape[1]} prompt points (padding and box corners included) exceed the {shape.points} slots of the static decoder "
-                f"used on {self._device}; re-export with more --point-slots"
+                f"used on {self.graphs.device}; re-export with more --point-slots"
             )
         mask = mask_input if mask_input is not None else np.zeros((1, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
         if mask.shape[0] != 1:
-            raise ValueError(f"the static decoders used on {self._device} take one mask_input for all prompts, got {mask.shape[0]}")
+            raise ValueError(f"the static decoders used on {self.graphs.device} take one mask_input for all prompts, got {mask.shape[0]}")
         pad = shape.points - coords.shape[1]
         coords = np.pad(coords, ((0, 0), (0, pad), (0, 0)))
         labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=LABEL_EMPTY)
@@ -251,7 +288,7 @@ class DecoderGraphs:
             "has_mask_input": has_mask,
         }
         # share_inputs: the 4 MB embedding is read in place instead of being copied on every click
-        request = self._requests[key]
+        request = self._request(key)
         request.infer({k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()}, share_inputs=True)
         return request.get_tensor(DECODER_OUTPUTS_LOGITS).data.copy(), request.get_tensor(DECODER_OUTPUTS_IOU).data.copy()
 

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import platform
 import tempfile
 import threading
 import warnings
@@ -12,7 +13,7 @@ from pathlib import Path
 import openvino as ov
 
 from .errors import DeviceError, error_cause
-from .weights import cache_dir
+from .paths import cache_dir
 
 PRECISIONS = ("f32", "bf16", "f16")
 #: Devices that only run (NPU) or prefer (GPU) static shapes; AUTO may pick either.
@@ -57,21 +58,34 @@ def check_device(core: ov.Core, device: str) -> None:
         )
 
 
+def check_count(name: str, value: object) -> None:
+    """TypeError unless ``value`` is None or an int (not a bool), ValueError if it is below 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def compile_config(
     device: str,
     precision: str | None = None,
     num_threads: int | None = None,
     cache: str | os.PathLike | None = None,
-    hint: str = "LATENCY",
+    streams: int = 1,
 ) -> dict[str, str]:
-    """Properties for ``compile_model``: performance hint, CACHE_DIR and an explicit inference precision.
+    """Properties for ``compile_model``: streams, CACHE_DIR and an explicit inference precision.
 
     ``precision=None`` means f32 on CPU and GPU (the CPU plugin would otherwise pick bf16 on CPUs
-    with avx512_bf16, the GPU plugin f16); NPU keeps its own (it computes in f16).
+    with avx512_bf16, the GPU plugin f16); NPU keeps its own (it computes in f16). ``streams`` is the
+    number of requests that run at once: 1 is the latency hint (one request uses every thread); more
+    split ``num_threads`` (default: all cores) between that many CPU/GPU streams, or ask other devices
+    for throughput.
     """
     family = device_family(device)
     if precision is not None and precision not in PRECISIONS:
         raise DeviceError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_count("num_threads", num_threads)
+    check_count("streams", streams)
     if precision is None and family in ("CPU", "GPU"):
         precision = "f32"
     # One cache folder per device and precision: OpenVINO 2026.4's CPU plugin gives an f32 and a bf16
@@ -79,13 +93,15 @@ def compile_config(
     # (docs/openvino_cache_bug.md).
     base = Path(cache) if cache is not None else cache_dir() / "ov-cache"
     folder = base / f"{family.lower()}-{precision or 'default'}"
-    config = {"PERFORMANCE_HINT": hint} | ({"CACHE_DIR": str(folder)} if usable_cache_dir(folder) else {})
+    config = {"PERFORMANCE_HINT": "LATENCY"} | ({"CACHE_DIR": str(folder)} if usable_cache_dir(folder) else {})
+    if streams > 1:
+        config |= {"NUM_STREAMS": str(streams)} if family in ("CPU", "GPU") else {"PERFORMANCE_HINT": "THROUGHPUT"}
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
     if num_threads is not None:
         if family != "CPU":
             raise DeviceError("num_threads applies to the CPU device only")
-        config["INFERENCE_NUM_THREADS"] = str(int(num_threads))
+        config["INFERENCE_NUM_THREADS"] = str(num_threads)
     return config
 
 
@@ -156,3 +172,14 @@ def describe(compiled: ov.CompiledModel) -> tuple[str, str]:
     except RuntimeError:
         precision = "device default"
     return devices, precision
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what ``platform`` knows), to print next to every timing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

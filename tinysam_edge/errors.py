@@ -38,3 +38,7 @@ def error_cause(exc: BaseException, limit: int = 400) -> str:
     cause = [line for line in lines if not _LOCATION.match(line)] or lines
     text = " ".join(cause) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and context manager cleans up (temp files, staged dirs)."""

@@ -16,20 +16,29 @@ MAX_IMAGE_BYTES = 1 << 30
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB (grayscale and alpha are converted by OpenCV)."""
+    """Decode an image file to HxWx3 uint8 RGB (see ``decode_image``)."""
     path = Path(path)
     if not path.is_file():
         raise TinySamError(f"image {path} is not a file" if path.exists() else f"image not found: {path}")
     if path.stat().st_size > MAX_IMAGE_BYTES:
         raise TinySamError(f"image {path} is larger than {MAX_IMAGE_BYTES >> 20} MiB; no photo is that big")
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_image(np.fromfile(path, dtype=np.uint8), f"image {path}")
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "the image") -> np.ndarray:
+    """Encoded image bytes -> HxWx3 uint8 RGB: the one decoder of every command and of ``serve``.
+
+    OpenCV applies the EXIF orientation, converts grayscale and alpha to RGB and 16-bit samples to 8 bits
+    (the high byte); it refuses float samples, truncated and corrupt files. ``name`` words the error.
+    """
+    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV allows
-        raise TinySamError(f"cannot decode image {path} (OpenCV refuses it: {exc.err or exc})") from exc
+        raise TinySamError(f"cannot decode {name} (OpenCV refuses it: {exc.err or exc})") from exc
     if image is None:
-        raise TinySamError(f"cannot decode image {path} (corrupt or not an image format OpenCV reads)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        raise TinySamError(f"cannot decode {name} (corrupt or not an image format OpenCV reads)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
 
 
 def to_rgb_uint8(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:

@@ -1,146 +1,32 @@
-"""Live segmentation of a camera, video file or stream with prompts that persist across frames.
+"""The live loop: a camera, video file or stream segmented with prompts that persist across frames.
 
-The encoder of frame N+1 runs in OpenVINO's AsyncInferQueue while frame N is decoded and drawn.
-Cameras and streams are read by a thread that keeps only the newest frame, so a slow model drops
-frames instead of queueing them; files are read frame by frame. In a window (``tinysam_edge.window``)
-the last frame of a file stays on screen, still taking prompts, until the user quits.
+Frames come from ``tinysam_edge.capture`` (a live source keeps only its newest frame, so a slow model
+drops frames instead of queueing them), prompts and drawing from ``tinysam_edge.overlay``. The encoder
+of frame N+1 runs in OpenVINO's AsyncInferQueue while frame N is decoded and drawn. In a window
+(``tinysam_edge.window``) the last frame of a file stays on screen, still taking prompts, until the user quits.
 """
 
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from .capture import FrameSource
 from .errors import TinySamError
 from .files import write_text
 from .image import save_image
 from .mask_generator import HierarchicalMaskGenerator
+from .overlay import PersistentPrompts, annotate, status_line, with_status
 from .predictor import Predictor
-from .visualize import draw_masks, draw_overlay
+from .visualize import draw_masks
 from .window import LiveWindow
 
 #: How the live loop builds its ``Predictor``: one dynamic decoder graph for every prompt shape (compiled on the
 #: first click), not one graph per shape (each 20-90 MB): a frame's one decode gains little from specialised graphs.
 PREDICTOR_OPTIONS = {"specialized_graphs": 0}
-
-
-def open_source(source: str) -> cv2.VideoCapture:
-    """A camera index, a video file or a stream URL; raises TinySamError if it cannot be opened."""
-    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
-    if not capture.isOpened():
-        raise TinySamError(f"cannot open video source {source!r} (no such camera, file or stream)")
-    return capture
-
-
-class FrameSource:
-    """Frames as RGB; live sources (camera, URL) keep only the newest frame, files give every frame.
-
-    With ``reconnect`` a live source that stops is reopened up to that many times, a second apart.
-    """
-
-    def __init__(self, source: str, reconnect: int = 0) -> None:
-        self.source, self.reconnect = source, reconnect
-        self.live = source.isdigit() or "://" in source
-        self.capture = open_source(source)
-        self._latest: np.ndarray | None = None
-        self._ended = False
-        self._lock = threading.Condition()
-        if self.live:
-            threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        attempts = self.reconnect
-        while True:
-            ok, frame = self.capture.read()
-            if not ok:
-                if attempts <= 0:
-                    break
-                attempts -= 1
-                time.sleep(1.0)
-                self.capture.release()
-                self.capture = cv2.VideoCapture(int(self.source) if self.source.isdigit() else self.source)
-                continue
-            with self._lock:
-                self._latest = frame  # older unprocessed frames are dropped here
-                self._lock.notify()
-        with self._lock:
-            self._ended = True
-            self._lock.notify()
-
-    def read(self) -> np.ndarray | None:
-        """The next (or newest) frame as RGB, or None when the source has ended."""
-        if not self.live:
-            ok, frame = self.capture.read()
-            return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if ok else None
-        with self._lock:
-            self._lock.wait_for(lambda: self._latest is not None or self._ended, timeout=10.0)
-            frame, self._latest = self._latest, None
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame is not None else None
-
-    @property
-    def rate(self) -> float:
-        """Frames per second the source declares (25 where it declares none)."""
-        return self.capture.get(cv2.CAP_PROP_FPS) or 25.0
-
-
-class PersistentPrompts:
-    """Points and a box that persist across frames; ``version`` counts the edits."""
-
-    def __init__(self, points: list[tuple[float, float, int]] | None = None, box: list[float] | None = None) -> None:
-        self.points = [tuple(p) for p in points or []]
-        self.box = list(box) if box is not None else None
-        self.version = 0
-
-    def add_point(self, x: float, y: float, label: int) -> None:
-        """A positive (1) or negative (0) point in frame pixels."""
-        self.points.append((x, y, label))
-        self.version += 1
-
-    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
-        """The box (XYXY frame pixels), replacing any earlier one."""
-        self.box = [x0, y0, x1, y1]
-        self.version += 1
-
-    def clear(self) -> None:
-        """Forget every point and the box."""
-        self.points, self.box = [], None
-        self.version += 1
-
-    def kwargs(self) -> dict:
-        """Keyword arguments for ``predict`` (empty when there is no prompt)."""
-        out = {}
-        if self.points:
-            out["point_coords"] = np.array([p[:2] for p in self.points], dtype=np.float64)
-            out["point_labels"] = np.array([p[2] for p in self.points])
-        if self.box is not None:
-            out["box"] = np.array(self.box, dtype=np.float64)
-        return out
-
-
-def annotate(frame: np.ndarray, predictor: Predictor, prompts: dict) -> tuple[np.ndarray, int]:
-    """Decode ``predict`` keyword arguments on the current embedding; the RGB overlay and the mask's pixel count."""
-    if not prompts:
-        return frame, 0
-    masks, scores, _ = predictor.predict(**prompts, multimask_output=False)
-    out = draw_overlay(frame, masks[0], prompts.get("point_coords"), prompts.get("point_labels"), prompts.get("box"), float(scores[0]))
-    return out, int(np.count_nonzero(masks[0]))
-
-
-def status_line(predictor: Predictor, fps: float) -> str:
-    """FPS, the last frame's stage times and what OpenVINO runs on, in one line."""
-    stages = "  ".join(f"{k} {1000 * v:.0f}ms" for k, v in predictor.timings.items())
-    return f"{fps:.1f} FPS  {stages}  {predictor.device_used} {predictor.precision_used}"
-
-
-def with_status(rgb: np.ndarray, line: str) -> np.ndarray:
-    """A copy of an RGB frame with ``line`` written at its bottom (for recordings)."""
-    out = rgb.copy()
-    cv2.putText(out, line, (8, out.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 0), 1, cv2.LINE_AA)
-    return out
 
 
 def open_writer(path: Path, size: tuple[int, int], rate: float) -> cv2.VideoWriter:

@@ -4,11 +4,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ModelDirError
+from .errors import ModelDirError, error_cause
+from .masks import FLAVOURS
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "tinysam-edge-ir"
 FORMAT_VERSION = 1
+#: The record of an ONNX export (``export --format onnx``); ``files.model_dir_files`` recognises it too.
+ONNX_CONFIG_FILE = "config.json"
+ONNX_FORMAT = "tinysam-edge-onnx"
 
 ENCODER_INPUT = "image"
 ENCODER_OUTPUT = "image_embeddings"
@@ -85,6 +89,8 @@ class Manifest:
             raise ModelDirError(f"{model_dir} is not a tinysam-edge model dir (no {MANIFEST_FILE}); create one with 'tinysam-edge export'")
         try:
             data = json.loads(path.read_text())
+        except UnicodeDecodeError as exc:
+            raise ModelDirError(f"{path} is malformed (not UTF-8: {error_cause(exc)}); re-export the model") from exc
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelDirError(f"{path} is not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -104,23 +110,38 @@ class Manifest:
                 files=dict(data["files"]),
                 static_shapes={k: VariantShape(**v) for k, v in data.get("static_shapes", {}).items()},
             )
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise ModelDirError(f"{path} is incomplete or malformed (problem with {exc})") from exc
-        if manifest.weights_precision not in WEIGHTS_PRECISIONS:
-            raise ModelDirError(f"{path} has weights_precision {manifest.weights_precision!r}, not one of {', '.join(WEIGHTS_PRECISIONS)}")
-        if (manifest.weights_precision == "int8") != (manifest.quantization is not None):
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{path} is malformed ({error_cause(exc)}); re-export the model") from exc
+        manifest._check(path)
+        return manifest
+
+    def _check(self, path: Path) -> None:
+        """What the runtime relies on, checked before anything is compiled: known flavour and precision, every IR
+        (and its .bin) inside the model dir and present, static decoders with a batch and point slots of 1..65536."""
+        model_dir = path.parent
+        if not isinstance(self.flavour, str) or self.flavour not in FLAVOURS:
+            raise ModelDirError(f"{path} gives flavour {self.flavour!r}, not one of {', '.join(FLAVOURS)}; re-export the model")
+        if self.weights_precision not in WEIGHTS_PRECISIONS:
+            raise ModelDirError(f"{path} has weights_precision {self.weights_precision!r}, not one of {', '.join(WEIGHTS_PRECISIONS)}")
+        if (self.weights_precision == "int8") != (self.quantization is not None):
             raise ModelDirError(
-                f"{path} is inconsistent: weights_precision {manifest.weights_precision!r} with quantization {manifest.quantization!r}"
+                f"{path} is inconsistent: weights_precision {self.weights_precision!r} with quantization {self.quantization!r}"
             )
         for role in ("encoder", "decoder"):
-            if role not in manifest.files:
+            if role not in self.files:
                 raise ModelDirError(f"{path} lists no {role} IR")
+        for role, name in self.files.items():
+            if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ModelDirError(f"{path} points {role} outside the model dir ({name}); refusing to read it")
+        for role, shape in self.static_shapes.items():
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 for v in (shape.batch, shape.points)):
+                raise ModelDirError(
+                    f"{path} gives {role} batch {shape.batch!r} and {shape.points!r} point slots (each must be 1..65536); re-export the model"
+                )
         missing = [
-            name
-            for xml in manifest.files.values()
-            for name in (xml, str(Path(xml).with_suffix(".bin")))
-            if not (model_dir / name).is_file()
+            name for xml in self.files.values() for name in (xml, str(Path(xml).with_suffix(".bin"))) if not (model_dir / name).is_file()
         ]
         if missing:
             raise ModelDirError(f"model dir {model_dir} is incomplete: missing {', '.join(missing)}; re-export it")
-        return manifest

@@ -8,25 +8,23 @@ survivors are upscaled (in memory-bounded chunks), and full-resolution masks are
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
 
-from .amg import box_nms, build_point_grid, remove_small_regions
+from .amg import box_nms, build_point_grid, remove_small_regions, stability_score
+from .everything_settings import EverythingSettings
 from .image import to_rgb_uint8
 from .masks import MASK_THRESHOLD, box_xywh, encode_rle, mask_to_box, mask_to_uncompressed_rle
 from .predictor import PredictorBase
 
-OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 #: Full-resolution float32 logits held at once while upscaling (about 256 MB).
 UPSCALE_BUDGET_PIXELS = 64 * 1024 * 1024
 #: IoU-first decoding (scores, then masks of the survivors) costs the IoU-only graph (about 60% of a
 #: prompt) plus a full decode per survivor, so it beats one full decode of the batch while under about
 #: 40% of the prompts survive (measured on 2 cores, f32 and bf16, docs/benchmarks.md).
 IOU_FIRST_MAX_SHARE = 0.4
-#: The finest grid accepted: 1024 x 1024 prompts (the CLI allows 256).
-MAX_POINTS_PER_SIDE = 1024
 
 
 @dataclass
@@ -69,78 +67,51 @@ class MaskRecords:
 class MaskGenerator:
     """SAM's automatic mask generator (``SamAutomaticMaskGenerator`` without crops) on any predictor.
 
+    ``MaskGenerator(predictor, settings)`` or ``MaskGenerator(predictor, points_per_side=16, ...)``:
+    keyword options replace fields of ``settings`` (default ``EverythingSettings(mode="grid")``).
     ``generate(image)`` returns SAM's list of dicts: ``segmentation`` (per ``output_mode``), ``area``,
     ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``, in NMS
     order (best predicted IoU first). ``stats`` holds counts and seconds of the last call.
     """
 
-    #: The coarsest grid the generator can run (the hierarchical one samples a quarter of it first).
-    min_points_per_side = 1
+    mode = "grid"
 
     def __init__(
-        self,
-        predictor: PredictorBase,
-        points_per_side: int = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        min_mask_region_area: int = 0,
-        output_mode: str = "binary_mask",
-        progress: bool = False,
+        self, predictor: PredictorBase, settings: EverythingSettings | None = None, progress: bool = False, **options: object
     ) -> None:
-        if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        integers = (
-            ("points_per_side", points_per_side, self.min_points_per_side, MAX_POINTS_PER_SIDE),
-            ("points_per_batch", points_per_batch, 1, None),
-            ("min_mask_region_area", min_mask_region_area, 0, None),
-        )
-        for name, value, low, high in integers:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (high is not None and value > high):
-                raise ValueError(f"{name} must be an integer in {low}..{high or 'inf'}, got {value!r}")
-        floats = (box_nms_thresh, pred_iou_thresh, stability_score_thresh, stability_score_offset)
-        if (
-            not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v) for v in floats)
-            or not 0.0 <= box_nms_thresh <= 1.0
-        ):
-            raise ValueError("box_nms_thresh must be in 0..1 and the other thresholds finite numbers")
-        if output_mode == "coco_rle":
-            try:
-                from pycocotools import mask as _  # noqa: F401
-            except ImportError as exc:
-                raise ImportError("output_mode='coco_rle' needs pycocotools: pip install 'tinysam-edge[eval]'") from exc
+        if self.mode == "grid" and "high_score_thresh" in options:
+            raise TypeError("high_score_thresh is the hierarchical coverage threshold; MaskGenerator (grid) has none")
+        settings = replace(settings or EverythingSettings(mode=self.mode), **options)
+        if settings.mode != self.mode:
+            raise ValueError(f"{type(self).__name__} runs mode {self.mode!r}, the settings say {settings.mode!r}; use make_generator")
         self.predictor = predictor
-        self.points_per_side = points_per_side
-        self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
-        self.stability_score_offset = stability_score_offset
-        self.box_nms_thresh = box_nms_thresh
-        self.min_mask_region_area = min_mask_region_area
-        self.output_mode = output_mode
+        self.settings = settings
         self.progress = progress
         self.stats: dict = {}
 
-    def generate(self, image: np.ndarray) -> list[dict]:
-        """All masks of an HxWx3 uint8 RGB image."""
+    def generate(self, image: np.ndarray | None = None) -> list[dict]:
+        """All masks of an HxWx3 uint8 RGB image; ``image=None``: of the image already set on the predictor."""
         h, w = self._set_image(image)
-        points = build_point_grid(self.points_per_side) * np.array([w, h])
+        points = build_point_grid(self.settings.points_per_side) * np.array([w, h])
         records, _ = self._decode_points(points, "grid")
         return self._finish(records)
 
-    def _set_image(self, image: np.ndarray) -> tuple[int, int]:
+    def _set_image(self, image: np.ndarray | None) -> tuple[int, int]:
+        """Run the encoder on ``image`` (None: keep the predictor's current image); its (H, W)."""
         self.stats = {"seconds": {"encoder": 0.0, "decoder": 0.0, "upscale_and_filter": 0.0, "nms_and_output": 0.0}}
+        if image is None:
+            if not self.predictor.is_image_set:
+                raise ValueError("generate() without an image runs on the predictor's current image: call predictor.set_image first")
+            return self.predictor.original_size
         start = time.perf_counter()
         self.predictor.set_image(to_rgb_uint8(image))
         self.stats["seconds"]["encoder"] = time.perf_counter() - start
         return self.predictor.original_size
 
     def _batches(self, points: np.ndarray, desc: str) -> Iterator[np.ndarray]:
-        starts = range(0, len(points), self.points_per_batch)
+        starts = range(0, len(points), self.settings.points_per_batch)
         for start in tqdm(starts, desc=f"{desc} batches", unit="batch", disable=not self.progress):
-            yield points[start : start + self.points_per_batch]
+            yield points[start : start + self.settings.points_per_batch]
 
     def _decode_points(
         self, points: np.ndarray, stage: str, high_score_thresh: float | None = None
@@ -167,7 +138,7 @@ class MaskGenerator:
         for batch in self._batches(points, stage):
             start = time.perf_counter()
             seen, passing = counts["masks_decoded"] // 3, counts["prompts_passing"]
-            iou_first = self.pred_iou_thresh > 0 and (seen == 0 or passing <= IOU_FIRST_MAX_SHARE * seen)
+            iou_first = self.settings.pred_iou_thresh > 0 and (seen == 0 or passing <= IOU_FIRST_MAX_SHARE * seen)
             iou, low_res, batch_points = self._decode_batch(batch, iou_first)
             seconds["decoder"] += time.perf_counter() - start
             start = time.perf_counter()
@@ -175,7 +146,7 @@ class MaskGenerator:
             counts["prompts_passing"] += len(batch_points)
             counts["prompts_with_masks"] += len(batch_points) if iou_first else len(batch)
             iou = iou.reshape(-1)
-            keep = np.flatnonzero(iou > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou))
+            keep = np.flatnonzero(iou > self.settings.pred_iou_thresh) if self.settings.pred_iou_thresh > 0 else np.arange(len(iou))
             counts["passed_pred_iou"] += len(keep)
             counts["masks_upscaled"] += len(keep)
             self._filter_upscaled(records, coverage, high_score_thresh, low_res, iou, keep, np.repeat(batch_points, 3, axis=0))
@@ -193,10 +164,14 @@ class MaskGenerator:
         coords, labels = batch[:, None, :], np.ones((len(batch), 1))
         if not iou_first:
             low_res, iou = self.predictor.decode_batch(coords, labels, multimask_output=True)
-            passing = np.flatnonzero((iou > self.pred_iou_thresh).any(axis=1)) if self.pred_iou_thresh > 0 else np.arange(len(batch))
+            passing = (
+                np.flatnonzero((iou > self.settings.pred_iou_thresh).any(axis=1))
+                if self.settings.pred_iou_thresh > 0
+                else np.arange(len(batch))
+            )
             return iou[passing], low_res[passing], batch[passing]
         scores = self.predictor.decode_batch_scores(coords, labels, multimask_output=True)
-        passing = np.flatnonzero((scores > self.pred_iou_thresh).any(axis=1))
+        passing = np.flatnonzero((scores > self.settings.pred_iou_thresh).any(axis=1))
         low_res, _ = self.predictor.decode_batch_masks(passing, multimask_output=True)
         return scores[passing], low_res, batch[passing]
 
@@ -209,26 +184,21 @@ class MaskGenerator:
         for first in range(0, len(keep), chunk):
             idx = keep[first : first + chunk]
             logits = self.predictor.upscale(low_res[idx // tokens, idx % tokens])
-            stability = self._stability(logits)
-            passed = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(idx), bool)
+            stability = stability_score(logits, self.settings.stability_score_offset)
+            passed = (
+                stability >= self.settings.stability_score_thresh if self.settings.stability_score_thresh > 0 else np.ones(len(idx), bool)
+            )
             for j in np.flatnonzero(passed):
                 if coverage is not None:
                     coverage |= logits[j] > high_score_thresh
                 records.add(logits[j] > MASK_THRESHOLD, iou[idx[j]], stability[j], points[idx[j]])
 
-    def _stability(self, logits: np.ndarray) -> np.ndarray:
-        """IoU between the masks thresholded at +offset and -offset (SAM's stability score)."""
-        inter = np.count_nonzero(logits > MASK_THRESHOLD + self.stability_score_offset, axis=(1, 2))
-        union = np.count_nonzero(logits > MASK_THRESHOLD - self.stability_score_offset, axis=(1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return inter / union
-
     def _finish(self, records: MaskRecords) -> list[dict]:
         start = time.perf_counter()
         self.stats["before_nms"] = len(records)
         if len(records):
-            records = records.select(box_nms(np.stack(records.boxes), np.array(records.iou), self.box_nms_thresh))
-        if self.min_mask_region_area > 0 and len(records):
+            records = records.select(box_nms(np.stack(records.boxes), np.array(records.iou), self.settings.box_nms_thresh))
+        if self.settings.min_mask_region_area > 0 and len(records):
             records = self._remove_small_regions(records)
         self.stats["after_nms"] = len(records)
         out = [self._record(records, i) for i in range(len(records))]
@@ -239,18 +209,18 @@ class MaskGenerator:
         """SAM's clean-up: fill small holes, drop small islands, then prefer untouched masks in a second NMS."""
         cleaned, scores = MaskRecords(records.shape), []
         for i in range(len(records)):
-            mask, holes = remove_small_regions(records.mask(i), self.min_mask_region_area, "holes")
-            mask, islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
+            mask, holes = remove_small_regions(records.mask(i), self.settings.min_mask_region_area, "holes")
+            mask, islands = remove_small_regions(mask, self.settings.min_mask_region_area, "islands")
             cleaned.add(mask, records.iou[i], records.stability[i], records.points[i])
             scores.append(0.0 if holes or islands else 1.0)
-        return cleaned.select(box_nms(np.stack(cleaned.boxes), np.array(scores), self.box_nms_thresh))
+        return cleaned.select(box_nms(np.stack(cleaned.boxes), np.array(scores), self.settings.box_nms_thresh))
 
     def _record(self, records: MaskRecords, i: int) -> dict:
         mask = records.mask(i)
         h, w = records.shape
-        if self.output_mode == "binary_mask":
+        if self.settings.output_mode == "binary_mask":
             segmentation = mask
-        elif self.output_mode == "uncompressed_rle":
+        elif self.settings.output_mode == "uncompressed_rle":
             segmentation = mask_to_uncompressed_rle(mask)
         else:
             segmentation = encode_rle(mask)
@@ -275,19 +245,13 @@ class HierarchicalMaskGenerator(MaskGenerator):
     there), the stage-1 masks are returned.
     """
 
-    min_points_per_side = 4
+    mode = "hierarchical"
 
-    def __init__(self, predictor: PredictorBase, high_score_thresh: float = 8.5, **kwargs) -> None:
-        super().__init__(predictor, **kwargs)
-        if not isinstance(high_score_thresh, (int, float, np.number)) or not np.isfinite(high_score_thresh):
-            raise ValueError(f"high_score_thresh must be a finite number, got {high_score_thresh!r}")
-        self.high_score_thresh = high_score_thresh
-
-    def generate(self, image: np.ndarray) -> list[dict]:
-        """All masks of an HxWx3 uint8 RGB image, hierarchically."""
+    def generate(self, image: np.ndarray | None = None) -> list[dict]:
+        """All masks of an HxWx3 uint8 RGB image, hierarchically; ``image=None``: of the predictor's current image."""
         h, w = self._set_image(image)
-        stage1_points = build_point_grid(self.points_per_side // 4) * np.array([w, h])
-        stage1, coverage = self._decode_points(stage1_points, "stage1", self.high_score_thresh)
+        stage1_points = build_point_grid(self.settings.points_per_side // 4) * np.array([w, h])
+        stage1, coverage = self._decode_points(stage1_points, "stage1", self.settings.high_score_thresh)
         candidates = self.stage2_candidates(stage1_points, w, h)
         covered = coverage[candidates[:, 1].astype(int), candidates[:, 0].astype(int)]
         self.stats["stage2_candidates"] = len(candidates)
@@ -307,7 +271,7 @@ class HierarchicalMaskGenerator(MaskGenerator):
         Offsets (dx, dy) in {-1, 0, 1}^2 minus (0, 0) column by column, then dx = 2 (if inside),
         then dy = 2 (if inside), then (2, 2), in steps of W // points_per_side and H // points_per_side.
         """
-        ws, hs = w // self.points_per_side, h // self.points_per_side
+        ws, hs = w // self.settings.points_per_side, h // self.settings.points_per_side
         out = []
         for x, y in stage1_points:
             offsets = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)]
@@ -317,3 +281,10 @@ class HierarchicalMaskGenerator(MaskGenerator):
             offsets += [(2, 2)] if right and below else []
             out.extend((x + dx * ws, y + dy * hs) for dx, dy in offsets)
         return np.array(out, dtype=np.float64).reshape(-1, 2)
+
+
+def make_generator(predictor: PredictorBase, settings: EverythingSettings | None = None, progress: bool = False) -> MaskGenerator:
+    """The generator ``settings.mode`` names (default: ``EverythingSettings()``, hierarchical) on ``predictor``."""
+    settings = settings or EverythingSettings()
+    generator = HierarchicalMaskGenerator if settings.mode == "hierarchical" else MaskGenerator
+    return generator(predictor, settings, progress=progress)

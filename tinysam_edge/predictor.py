@@ -1,7 +1,5 @@
 """SamPredictor-style predictors: the shared contract, and the OpenVINO runtime that implements it."""
 
-import functools
-import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -11,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from .decoder_graphs import DecoderGraphs, ImageState, read_manifest
-from .devices import STATIC_DEVICES, check_device, compile_config, compile_model, describe, device_family, shared_core
-from .errors import ModelDirError, error_cause
+from .compiled_model import CompiledSam, load_model
+from .decoder_graphs import DecoderState
 from .image import to_rgb_uint8
 from .manifest import ENCODER_INPUT, ENCODER_OUTPUT
 from .masks import MASK_THRESHOLD, postprocess_masks, select_masks, select_tokens
-from .prompts import LOW_RES_SIZE, check_batch_prompts, check_prompts, encode_prompts
+from .prompts import LOW_RES_SIZE, check_batch_prompts, check_flag, check_prompts, encode_prompts
 from .transforms import preprocess
 
 
@@ -83,23 +80,28 @@ class PredictorBase(ABC):
         """An ``_export_state`` copy made usable by this predictor."""
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """One line naming the backend, device and precision this predictor runs on."""
+        return type(self).__name__
+
     def get_image_state(self) -> ImageSnapshot:
         """The current image's embedding, sizes and decoder state, to restore later with ``set_image_state``
         (here or in another predictor of the same model dir) without running the encoder again."""
         self._require_image()
         exported, nbytes = None, 0
         if self._state is not None:
-            reused = self._restored is not None and self._restored[0] is self._state
-            exported, nbytes = self._restored[1] if reused else self._export_state(self._state)
+            exported, nbytes = self._export_state(self._state)
+            self._state = exported  # unchanged state is not copied again
         nbytes += self.features.nbytes
         return ImageSnapshot(self.features, self.original_size, self.input_size, exported, self._prompts_on_image, nbytes)
 
     def set_image_state(self, snapshot: ImageSnapshot) -> None:
         """Make a ``get_image_state`` snapshot the current image; prompts then decode as they would have on it."""
+        if not isinstance(snapshot, ImageSnapshot):
+            raise TypeError(f"set_image_state takes an ImageSnapshot from get_image_state, got {type(snapshot).__name__}")
         self._set_features(snapshot.features, snapshot.original_size, snapshot.input_size)
         if snapshot.decoder_state is not None:
             self._state = self._import_state(snapshot.decoder_state)
-            self._restored = (self._state, (snapshot.decoder_state, snapshot.nbytes - snapshot.features.nbytes))
         self._prompts_on_image = snapshot.prompts
 
     def reset_image(self) -> None:
@@ -113,7 +115,6 @@ class PredictorBase(ABC):
         self._state: object | None = None
         self._scored: tuple | None = None
         self._prompts_on_image = 0
-        self._restored: tuple | None = None  # (imported state, its exported form) of the last set_image_state
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of an HxWx3 uint8 image (grayscale/RGBA are converted)."""
@@ -155,6 +156,7 @@ class PredictorBase(ABC):
         (see ``tinysam_edge.masks.select_masks`` for how the single mask is chosen).
         """
         self._require_image()
+        multimask_output, return_logits = check_flag(multimask_output, "multimask_output"), check_flag(return_logits, "return_logits")
         prompts = check_prompts(point_coords, point_labels, box, mask_input, self.original_size)
         coords, labels = encode_prompts(prompts, self.original_size)
         mask = None if prompts.mask_input is None else prompts.mask_input[None]
@@ -180,6 +182,7 @@ class PredictorBase(ABC):
         Labels are 1/0, with -1 padding sets that have fewer points. Returns low-res logits
         (B, C, 256, 256) and scores (B, C); ``upscale`` turns chosen logits into full-size ones.
         """
+        multimask_output = check_flag(multimask_output, "multimask_output")
         coords, labels = self._batch_inputs(point_coords, point_labels, boxes)
         low_res, iou = self._decode_prompts(coords, labels, None, batch=True)
         return select_masks(low_res, iou, multimask_output, self.flavour)
@@ -197,6 +200,7 @@ class PredictorBase(ABC):
         ``decode_batch_masks`` then decodes only the prompts a caller keeps. That pays when under
         about 40% of the prompts are kept; above, one ``decode_batch`` is cheaper.
         """
+        multimask_output = check_flag(multimask_output, "multimask_output")
         coords, labels = self._batch_inputs(point_coords, point_labels, boxes)
         if self._split_state() is None:
             low_res, iou = self._decode(self.features, coords, labels, None)
@@ -207,6 +211,7 @@ class PredictorBase(ABC):
 
     def decode_batch_masks(self, rows: np.ndarray, multimask_output: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Low-res logits (R, C, 256, 256) and scores (R, C) of prompts ``rows`` of the last ``decode_batch_scores`` call."""
+        multimask_output = check_flag(multimask_output, "multimask_output")
         if self._scored is None:
             raise RuntimeError("call decode_batch_scores(...) on this image before decode_batch_masks")
         coords, labels, iou, low_res = self._scored
@@ -264,52 +269,38 @@ class PredictorBase(ABC):
 
 
 class Predictor(PredictorBase):
-    """OpenVINO predictor for an exported model directory (``tinysam-edge export``).
+    """A session on a ``CompiledSam`` (``load_model``): its own inference requests and current image.
 
-    ``device``: CPU, GPU, NPU or AUTO (``GPU.1`` etc. work too). ``precision``: inference precision
-    hint (f32 / bf16 / f16); ``None`` pins f32 on CPU and GPU, so results never silently drop to
-    bf16/f16. CPU uses the dynamic decoder; GPU, NPU and AUTO use the static-shape ones, which pad
-    prompts to fixed slots (override with ``static_shapes``) and keep the plain decoder graph; on CPU
-    repeated prompts and batches take the split decoder (``split_decoder=False`` turns it off, for
-    comparisons). ``specialized_graphs`` caps the CPU decoder graphs compiled for one exact prompt
-    shape (each about 20-90 MB; the first- and repeated-click ones are compiled up front); 0 keeps
-    memory low with one dynamic graph per decoder, compiled on first use (the live loop's choice).
-    ``device_used`` and ``precision_used`` report what OpenVINO actually runs. Compiled blobs are
-    cached in ``cache_dir`` (default: the weights cache's ``ov-cache``).
+    ``Predictor(model)`` is cheap; ``Predictor("model_dir", device=..., ...)`` is the shorthand for
+    ``Predictor(load_model("model_dir", ...))`` and shares the compiled model with every other
+    predictor asking for the same options. One predictor per thread.
     """
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        device: str = "CPU",
-        precision: str | None = None,
-        cache_dir: str | Path | None = None,
-        num_threads: int | None = None,
-        performance_hint: str = "LATENCY",
-        static_shapes: bool | None = None,
-        split_decoder: bool = True,
-        specialized_graphs: int = DecoderGraphs.MAX_SPECIALIZED,
-    ) -> None:
-        if isinstance(specialized_graphs, bool) or not isinstance(specialized_graphs, int) or specialized_graphs < 0:
-            raise ValueError(f"specialized_graphs must be an integer >= 0, got {specialized_graphs!r}")
-        self.model_dir = Path(model_dir)
-        self.manifest = read_manifest(self.model_dir)
-        self.device = device
-        core = shared_core()
-        check_device(core, device)
-        config = compile_config(device, precision, num_threads, cache_dir, performance_hint)
-        self.static_shapes = device_family(device) in STATIC_DEVICES if static_shapes is None else static_shapes
-        self._encoder = compile_model(core, self._read(core, "encoder"), device, config)
-        self.device_used, self.precision_used = describe(self._encoder)
-        bf16 = self.precision_used == "bf16"
-        read = functools.partial(self._read, core)
-        self._decoders = DecoderGraphs(
-            core, read, self.manifest, device, config, self.static_shapes, bf16, split_decoder, specialized_graphs
-        )
-        self._encoder_request = self._encoder.create_infer_request()
+    def __init__(self, model: CompiledSam | str | Path, **options: object) -> None:
+        if isinstance(model, CompiledSam):
+            if options:
+                raise TypeError(f"options {', '.join(options)} belong to load_model; a compiled model's options are fixed")
+        else:
+            model = load_model(model, **options)
+        self.model = model
+        self._decoders = model.decoders.session()
+        self._encoder_request = model.encoder.create_infer_request()
         self._encoder_queue: ov.AsyncInferQueue | None = None
-        self._imports = itertools.count(-1, -1)
-        super().__init__(self.manifest.flavour)
+        super().__init__(model.flavour)
+
+    @property
+    def device_used(self) -> str:
+        """The execution devices OpenVINO actually runs the encoder on."""
+        return self.model.device_used
+
+    @property
+    def precision_used(self) -> str:
+        """The inference precision OpenVINO actually runs."""
+        return self.model.precision_used
+
+    def describe(self) -> str:
+        """One line naming the backend, device and precision this predictor runs on."""
+        return str(self.model)
 
     def set_image_async(self, image: np.ndarray, image_format: str = "RGB") -> Callable[[], None]:
         """Start embedding ``image`` in the background (OpenVINO ``AsyncInferQueue``) and return a function
@@ -321,53 +312,44 @@ class Predictor(PredictorBase):
         input_tensor, input_size = preprocess(rgb)
         preprocess_s = time.perf_counter() - start
         if self._encoder_queue is None:
-            self._encoder_queue = ov.AsyncInferQueue(self._encoder, 1)
+            self._encoder_queue = ov.AsyncInferQueue(self.model.encoder, 1)
         self._encoder_queue.start_async({ENCODER_INPUT: input_tensor})
         encode_start = time.perf_counter()
 
         def finish() -> None:
             self._encoder_queue.wait_all()
             request = self._encoder_queue[0]
-            features = request.get_tensor(self._encoder.output(ENCODER_OUTPUT)).data.copy()
+            features = request.get_tensor(self.model.encoder.output(ENCODER_OUTPUT)).data.copy()
             self._set_features(features, (rgb.shape[0], rgb.shape[1]), input_size)
             self.timings = {"preprocess": preprocess_s, "encoder": time.perf_counter() - encode_start}
 
         return finish
 
-    def _read(self, core: ov.Core, role: str) -> ov.Model:
-        path = self.model_dir / self.manifest.files[role]
-        try:
-            return core.read_model(path)
-        except RuntimeError as exc:
-            raise ModelDirError(f"cannot read {path} (corrupt or from an incompatible OpenVINO): {error_cause(exc)}") from exc
-
     def _encode(self, input_tensor: np.ndarray) -> np.ndarray:
         result = self._encoder_request.infer({ENCODER_INPUT: input_tensor}, share_inputs=True)
-        return result[self._encoder.output(ENCODER_OUTPUT)].copy()
+        return result[self.model.encoder.output(ENCODER_OUTPUT)].copy()
 
     def _decode(
         self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         return self._decoders.plain(embedding, coords, labels, mask_input)
 
-    def _image_state(self, embedding: np.ndarray) -> ImageState | None:
-        return self._decoders.image_state(embedding) if self._decoders.has_split else None
+    def _image_state(self, embedding: np.ndarray) -> DecoderState | None:
+        return self._decoders.image_state(embedding) if self.model.decoders.has_split else None
 
     def _decode_cached(
-        self, state: ImageState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True
+        self, state: DecoderState, coords: np.ndarray, labels: np.ndarray, exact_shape: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         return self._decoders.prompt(state, coords, labels, exact_shape)
 
-    def _score_cached(self, state: ImageState, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def _score_cached(self, state: DecoderState, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return self._decoders.scores(state, coords, labels)
 
-    def _export_state(self, state: ImageState) -> tuple[list[ov.Tensor], int]:
-        copies = []
-        for tensor in state[1]:
-            copies.append(ov.Tensor(tensor.element_type, tensor.shape))
-            tensor.copy_to(copies[-1])
-        return copies, sum(t.byte_size for t in copies)
+    def _export_state(self, state: DecoderState) -> tuple[DecoderState, int]:
+        detached = state.detach()
+        return detached, detached.nbytes
 
-    def _import_state(self, exported: list[ov.Tensor]) -> ImageState:
-        # negative generations never equal the decoder's own (positive) ones, so the tensors are bound afresh
-        return next(self._imports), exported
+    def _import_state(self, exported: DecoderState) -> DecoderState:
+        if not isinstance(exported, DecoderState):
+            raise TypeError(f"decoder_state must come from get_image_state of an OpenVINO predictor, got {type(exported).__name__}")
+        return exported

@@ -31,12 +31,21 @@ class Prompts:
         return 1
 
 
+def check_flag(value: object, name: str) -> bool:
+    """``value`` as a bool; TypeError for anything else (``"no"`` is not False)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _finite_array(value: object, name: str, dtype: type = np.float64) -> np.ndarray:
     try:
+        if np.iscomplexobj(value):  # the cast below would silently drop the imaginary part
+            raise TypeError("complex")
         with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused below
             arr = np.asarray(value, dtype=dtype)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric, got {type(value).__name__}") from exc
+        raise ValueError(f"{name} must be numeric (real numbers), got {type(value).__name__}") from exc
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return arr
@@ -121,6 +130,9 @@ def check_batch_prompts(point_coords: object, point_labels: object, boxes: objec
         raise ValueError("give at least one prompt set (B >= 1); an empty batch has nothing to decode")
     if coords is not None and box_arr is not None and coords.shape[0] != box_arr.shape[0]:
         raise ValueError(f"point_coords has {coords.shape[0]} prompt sets but boxes has {box_arr.shape[0]}")
+    if box_arr is None and (labels == LABEL_PAD).all(axis=1).any():
+        empty = int(np.argmax((labels == LABEL_PAD).all(axis=1)))
+        raise ValueError(f"prompt set {empty} has only padding points (label -1) and no box: nothing to segment")
     return Prompts(coords, labels, box_arr, None)
 
 
@@ -128,7 +140,8 @@ def encode_prompts(prompts: Prompts, original_size: tuple[int, int]) -> tuple[np
     """Decoder inputs (B, N, 2) float32 coords in the 1024-input frame and (B, N) float32 labels.
 
     Points keep labels 0/1, box corners get 2/3. Points without a box get a padding point
-    (label -1) appended, exactly as SAM's prompt encoder does.
+    (label -1) appended, exactly as SAM's prompt encoder does. A mask alone gets one empty slot
+    (label -2, masked out of attention): no sparse token at all, as in ``SamPredictor``.
     """
     b = prompts.batch_size
     coords = [np.zeros((b, 0, 2))]
@@ -142,4 +155,7 @@ def encode_prompts(prompts: Prompts, original_size: tuple[int, int]) -> tuple[np
     if prompts.boxes is not None:
         coords.append(apply_boxes(prompts.boxes, original_size).reshape(b, 2, 2))
         labels.append(np.tile([2.0, 3.0], (b, 1)))
+    if prompts.point_coords is None and prompts.boxes is None:
+        coords.append(np.zeros((b, 1, 2)))
+        labels.append(np.full((b, 1), float(LABEL_EMPTY)))
     return np.concatenate(coords, axis=1).astype(np.float32), np.concatenate(labels, axis=1).astype(np.float32)

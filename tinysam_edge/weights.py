@@ -13,8 +13,13 @@ from tqdm import tqdm
 
 from .errors import WeightsError
 from .files import atomic_write
+from .paths import cache_dir
 
 CHECKSUMS_FILE = "checksums.json"
+#: A cached file smaller than this cannot be a checkpoint (the smallest registry file, mobile_sam.pt, is about 40 MB).
+MIN_CHECKPOINT_BYTES = 100_000
+#: How a torch checkpoint starts: a zip archive (torch.save since 1.6) or a pickle stream (opcode PROTO, the legacy format).
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 @dataclass(frozen=True)
@@ -28,10 +33,17 @@ class WeightsEntry:
     flavour: str
     pickled_module: bool
     description: str
+    #: The start of the file's MD5 as its publisher names it ("" where nothing is published): see REGISTRY.
+    md5_prefix: str = ""
 
 
 _TINYSAM = "https://github.com/xinghaochen/TinySAM/releases/download"
 _SAM = "https://dl.fbaipublicfiles.com/segment_anything"
+# Pinned digests. Meta publishes no checksum for SAM's files except their names: the six hex digits in
+# sam_vit_b_01ec64.pth etc. (the links of facebookresearch/segment-anything's README, "Model Checkpoints")
+# are the start of each file's MD5, so those six digits are pinned as ``md5_prefix``. TinySAM's and
+# MobileSAM's releases publish no digest: their files are checked against the size and sha256 recorded at
+# the first download only (listed as "unverified").
 REGISTRY: dict[str, WeightsEntry] = {
     e.name: e
     for e in (
@@ -73,6 +85,7 @@ REGISTRY: dict[str, WeightsEntry] = {
             "sam",
             False,
             "SAM ViT-B (Meta), distillation teacher, 375 MB",
+            md5_prefix="01ec64",
         ),
         WeightsEntry(
             "sam_vit_l",
@@ -82,6 +95,7 @@ REGISTRY: dict[str, WeightsEntry] = {
             "sam",
             False,
             "SAM ViT-L (Meta), distillation teacher, 1.25 GB",
+            md5_prefix="0b3195",
         ),
         WeightsEntry(
             "sam_vit_h",
@@ -91,17 +105,11 @@ REGISTRY: dict[str, WeightsEntry] = {
             "sam",
             False,
             "SAM ViT-H (Meta), the paper's teacher, 2.56 GB",
+            md5_prefix="4b8939",
         ),
     )
 }
 DEFAULT_WEIGHTS = "tinysam_42.3"
-
-
-def cache_dir() -> Path:
-    """Where weights are cached: ``$TINYSAM_EDGE_HOME`` or ``$XDG_CACHE_HOME/tinysam-edge`` (default ~/.cache)."""
-    if os.environ.get("TINYSAM_EDGE_HOME"):
-        return Path(os.environ["TINYSAM_EDGE_HOME"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "tinysam-edge"
 
 
 def get_entry(name: str) -> WeightsEntry | None:
@@ -142,11 +150,62 @@ def _record_checksum(entry: WeightsEntry, size: int, sha256: str) -> None:
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file."""
-    digest = hashlib.sha256()
+    return _digests(path)[0]
+
+
+def _digests(path: Path) -> tuple[str, str]:
+    """Hex sha256 and MD5 of a file, in one pass."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha.update(chunk)
+            md5.update(chunk)
+    return sha.hexdigest(), md5.hexdigest()
+
+
+def _problem(entry: WeightsEntry, size: int, head: bytes, digests: tuple[str, str] | None, known: dict | None) -> str | None:
+    """Why a file of ``size`` bytes starting with ``head`` (sha256, MD5) cannot be ``entry``'s checkpoint; None if it can."""
+    if size < MIN_CHECKPOINT_BYTES:
+        return f"{size} bytes, far too small for a checkpoint"
+    if not head.startswith(CHECKPOINT_MAGIC):
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+    if digests is None:
+        return None
+    sha, md5 = digests
+    if entry.md5_prefix and not md5.startswith(entry.md5_prefix):
+        return f"its MD5 {md5} does not start with {entry.md5_prefix}, the digest its publisher names it by"
+    if known and (known.get("size"), known.get("sha256")) != (size, sha):
+        return "it does not match the size/sha256 recorded when it was first downloaded"
+    return None
+
+
+#: Files already checked in this process, by (path, size, mtime, record): a multi-GB teacher is hashed once, not per use.
+_CHECKED: dict[tuple, str | None] = {}
+
+
+def check_cached(entry: WeightsEntry) -> str | None:
+    """Why the cached file of ``entry`` is corrupt (too small, not a zip/pickle, not its pinned or recorded digest), or None."""
+    path = cached_path(entry)
+    stat, known = path.stat(), recorded_checksum(entry)
+    key = (str(path), stat.st_size, stat.st_mtime_ns, json.dumps(known, sort_keys=True))
+    if key not in _CHECKED:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        cheap = _problem(entry, stat.st_size, head, None, known)  # hash only a file that can be a checkpoint at all
+        _CHECKED[key] = cheap or _problem(entry, stat.st_size, head, _digests(path), known)
+    return _CHECKED[key]
+
+
+def cache_state(entry: WeightsEntry) -> tuple[str, str]:
+    """``entry``'s cache state: ("missing" | "corrupt" | "verified" (pinned digest) | "unverified", detail)."""
+    if not cached_path(entry).is_file():
+        return "missing", ""
+    problem = check_cached(entry)
+    if problem:
+        return "corrupt", problem
+    if entry.md5_prefix:
+        return "verified", f"MD5 starts with {entry.md5_prefix}"
+    return "unverified", "matches its first download" if recorded_checksum(entry) else "no digest recorded"
 
 
 def _offline_hint(entry: WeightsEntry) -> str:
@@ -156,73 +215,83 @@ def _offline_hint(entry: WeightsEntry) -> str:
 def fetch(name: str, force: bool = False, progress: bool = True, timeout: float = 30.0) -> Path:
     """Download a registry checkpoint into the cache (atomically, size-checked) and return its path.
 
-    The first download records the file's size and sha256; later downloads must match them.
+    A cached file is kept unless it is corrupt (``check_cached``), which is downloaded again. A
+    download must be a checkpoint and match the pinned digest; the first one records the file's
+    size and sha256, and later downloads must match them.
     """
     entry = get_entry(name)
     if entry is None:
         raise WeightsError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
     target = cached_path(entry)
-    if target.is_file() and not force:
-        verify(entry)
+    corrupt = check_cached(entry) if target.is_file() else None
+    if target.is_file() and not force and corrupt is None:
         return target
+    replacing = f"the cached {target} is corrupt ({corrupt}) and cannot be replaced: " if corrupt else ""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         response = urllib.request.urlopen(entry.url, timeout=timeout)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise WeightsError(f"cannot download {entry.filename} ({reason}); offline? {_offline_hint(entry)}") from exc
-    expected = int(response.headers.get("Content-Length") or 0) or None
-    digest = hashlib.sha256()
-    size = 0
+        raise WeightsError(f"{replacing}cannot download {entry.filename} ({reason}); offline? {_offline_hint(entry)}") from exc
     try:
-        with (
-            atomic_write(target) as tmp,
-            response,
-            open(tmp, "wb") as out,
-            tqdm(total=expected, unit="B", unit_scale=True, desc=entry.filename, disable=not progress) as bar,
-        ):
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                bar.update(len(chunk))
-            if expected is not None and size != expected:
-                raise WeightsError(f"download of {entry.filename} is incomplete ({size} of {expected} bytes); try again")
+        with atomic_write(target) as tmp, response:
+            size, head, digests = _download(response, tmp, entry.filename, progress)
             known = recorded_checksum(entry)
-            if known and (known["size"], known["sha256"]) != (size, digest.hexdigest()):
-                raise WeightsError(
-                    f"downloaded {entry.filename} has sha256 {digest.hexdigest()}, but {known['sha256']} was recorded earlier"
-                )
+            if known and (known["size"], known["sha256"]) != (size, digests[0]):
+                raise WeightsError(f"downloaded {entry.filename} has sha256 {digests[0]}, but {known['sha256']} was recorded earlier")
+            problem = _problem(entry, size, head, digests, None)
+            if problem:
+                raise WeightsError(f"downloaded {entry.filename} is not the published file: {problem}; nothing was saved")
     except (OSError, http.client.HTTPException) as exc:
         raise WeightsError(f"download of {entry.filename} failed ({exc}); {_offline_hint(entry)}") from exc
     if not known:
-        _record_checksum(entry, size, digest.hexdigest())
+        _record_checksum(entry, size, digests[0])
     return target
 
 
+def _download(response, tmp: Path, filename: str, progress: bool) -> tuple[int, bytes, tuple[str, str]]:
+    """Stream ``response`` into ``tmp`` with a progress bar; returns its size, first bytes, sha256 and MD5."""
+    expected = int(response.headers.get("Content-Length") or 0) or None
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    size, head = 0, b""
+    with open(tmp, "wb") as out, tqdm(total=expected, unit="B", unit_scale=True, desc=filename, disable=not progress) as bar:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            out.write(chunk)
+            sha.update(chunk)
+            md5.update(chunk)
+            head = head or chunk[:4]
+            size += len(chunk)
+            bar.update(len(chunk))
+    if expected is not None and size != expected:
+        raise WeightsError(f"download of {filename} is incomplete ({size} of {expected} bytes); try again")
+    return size, head, (sha.hexdigest(), md5.hexdigest())
+
+
 def verify(entry: WeightsEntry) -> None:
-    """Check a cached file against the size and sha256 recorded at download time (if any)."""
-    path = cached_path(entry)
-    known = recorded_checksum(entry)
-    if known is None:
-        return
-    size = path.stat().st_size
-    if size != known["size"] or sha256_file(path) != known["sha256"]:
-        raise WeightsError(f"{path} does not match the size/sha256 recorded when it was downloaded; delete it and fetch again")
+    """Refuse a corrupt cached file of ``entry`` (see ``check_cached``) before anything reads it as a checkpoint."""
+    problem = check_cached(entry)
+    if problem:
+        raise WeightsError(f"{cached_path(entry)} is corrupt ({problem}); run 'tinysam-edge weights fetch {entry.name}' to replace it")
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike, download: bool = True) -> tuple[Path, WeightsEntry | None]:
     """Turn ``--checkpoint`` (an existing file or a registry name) into a local file path.
 
-    Registry names are fetched into the cache on first use when ``download`` is true.
+    Registry names are fetched into the cache on first use when ``download`` is true. A cached file
+    (named, or passed by its path in the cache) is verified first: a corrupt one is refused before
+    torch reads it.
     """
     path = Path(checkpoint).expanduser()
     if path.is_file():
-        return path, get_entry(path.name)
+        entry = get_entry(path.name)
+        if entry is not None and cached_path(entry).is_file() and path.resolve() == cached_path(entry).resolve():
+            verify(entry)
+        return path, entry
     entry = get_entry(str(checkpoint))
     if entry is None:
         raise WeightsError(f"checkpoint {str(checkpoint)!r} is neither a file nor a known weights name ({', '.join(REGISTRY)})")
     if cached_path(entry).is_file():
+        verify(entry)
         return cached_path(entry), entry
     if not download:
         raise WeightsError(f"{entry.filename} is not in the cache; run 'tinysam-edge weights fetch {entry.name}' or {_offline_hint(entry)}")

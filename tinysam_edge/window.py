@@ -27,7 +27,7 @@ MARGIN = (40, 120)  # screen pixels kept free around a frame shrunk to fit (widt
 
 
 class Prompts(Protocol):
-    """What the window edits: ``tinysam_edge.live.PersistentPrompts``."""
+    """What the window edits: ``tinysam_edge.overlay.PersistentPrompts``."""
 
     def add_point(self, x: float, y: float, label: int) -> None: ...
     def set_box(self, x0: float, y0: float, x1: float, y1: float) -> None: ...

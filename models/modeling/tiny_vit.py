@@ -151,8 +151,9 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, self.num_heads, -1).split(self.head_dim, dim=3)
         q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
         # Gather the bias from the parameter on every call: the official code caches it in eval()
-        # before weights are loaded, which silently runs with stale biases.
-        bias = self.attention_biases[:, self.attention_bias_idxs]
+        # before weights are loaded, which silently runs with stale biases. index_select, not [:, idxs]:
+        # its backward sums the repeated indices in a fixed order on the CPU (training resumes bit for bit).
+        bias = self.attention_biases.index_select(1, self.attention_bias_idxs.flatten()).view(-1, n, n)
         attn = ((q @ k.transpose(-2, -1)) * self.scale + bias).softmax(dim=-1)
         x = (attn @ v).transpose(1, 2).reshape(b, n, -1)
         return self.proj(x)

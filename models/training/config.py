@@ -63,7 +63,11 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Where results go and how the run is executed. ``amp``: auto, bf16, fp16 or off."""
+    """Where results go and how the run is executed. ``amp``: auto, bf16, fp16 or off.
+
+    ``channels_last`` runs the student's encoder on channels-last tensors; ``compile`` compiles the
+    encoders with ``torch.compile`` (both off by default: see docs/training.md for when they pay).
+    """
 
     out: str = "runs/distill"
     device: str = "auto"
@@ -73,6 +77,8 @@ class RunConfig:
     val_every: int = 500
     save_every: int = 500
     tensorboard: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,110 +1,33 @@
-"""Training data: SA-1B and COCO-instances datasets with the runtime's exact preprocessing, and a worker-safe loader.
+"""The training loader: samples as uint8 images plus object masks, batches with every object of every image flattened.
 
-A sample is one image, preprocessed exactly like inference (``tinysam_edge.transforms``), with up to
+A sample is one image resized like inference (``tinysam_edge.transforms``, still uint8) with up to
 ``max_masks`` of its objects as low-res (256x256) masks in the padded input frame plus their boxes.
-Randomness (object subset, flips) comes from ``(seed, epoch, index)``, so a sample is the same whichever
-worker loads it and however many workers there are.
+Normalisation, padding and horizontal flips of the image happen on the training device
+(``encoder_inputs``); masks and boxes arrive flipped already. Randomness (object subset, flip) comes
+from ``(seed, epoch, index)`` and the sampler hands each index out together with its epoch, so a
+sample is the same whichever worker loads it, and worker processes stay alive across epochs.
 """
 
-from dataclasses import dataclass
-from pathlib import Path
+import signal
 
 import cv2
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
-from tinysam_edge.coco import load_ground_truth, read_json
-from tinysam_edge.image import list_images, load_image
+from tinysam_edge.image import load_image
 from tinysam_edge.masks import mask_to_box
 from tinysam_edge.prompts import LOW_RES_SIZE
-from tinysam_edge.transforms import IMG_SIZE, apply_boxes, preprocess
+from tinysam_edge.transforms import IMG_SIZE, PIXEL_MEAN, PIXEL_STD, apply_boxes, normalize_and_pad, resize_longest_side
 
+from .records import ImageRecord, decode_annotation, to_low_res
 from .teacher_cache import TeacherCache
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """One training image: a cache key unique in the dataset, its file and its annotations (RLE or polygons)."""
-
-    key: str
-    path: Path
-    height: int
-    width: int
-    annotations: tuple[dict, ...]
-
-
-def sa1b_records(images: Path) -> list[ImageRecord]:
-    """Records of an SA-1B folder: ``sa_N.jpg`` next to ``sa_N.json`` (``{"image": ..., "annotations": [RLE...]}``)."""
-    records = []
-    for path in list_images(images):
-        ann_path = path.with_suffix(".json")
-        if not ann_path.is_file():
-            raise ValueError(f"{path.name} has no annotation file {ann_path.name} (SA-1B layout: one JSON per image)")
-        data = read_json(ann_path, "SA-1B annotation")
-        try:
-            info, annotations = data["image"], data["annotations"]
-            records.append(ImageRecord(path.stem, path, int(info["height"]), int(info["width"]), tuple(annotations)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{ann_path} is not an SA-1B annotation file (needs image.height, image.width and annotations)") from exc
-    return records
-
-
-def coco_records(images: Path, annotations: Path) -> list[ImageRecord]:
-    """Records of a COCO instances JSON (crowd regions are skipped) whose images are in ``images``."""
-    coco = load_ground_truth(annotations)
-    records = []
-    for image_id in sorted(coco.getImgIds()):
-        info = coco.loadImgs(image_id)[0]
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
-        path = Path(images) / info["file_name"]
-        if anns and path.is_file():
-            records.append(ImageRecord(Path(info["file_name"]).stem, path, info["height"], info["width"], tuple(anns)))
-    if not records:
-        raise ValueError(f"no annotated images of {annotations} found in {images}")
-    return records
-
-
-def load_records(images: str | Path, annotations: str | Path | None = None) -> list[ImageRecord]:
-    """COCO records when ``annotations`` is given, else the SA-1B per-image JSON layout; keys must be unique."""
-    records = coco_records(Path(images), Path(annotations)) if annotations else sa1b_records(Path(images))
-    keys = [r.key for r in records]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"image file names under {images} are not unique; the teacher cache needs one key per image")
-    return records
-
-
-def split_records(records: list[ImageRecord], val_fraction: float, seed: int = 0) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """Deterministic held-out split: (train, val), with at least one image in each when there are two or more."""
-    order = np.random.default_rng(seed).permutation(len(records))
-    n_val = min(max(round(len(records) * val_fraction), 1 if val_fraction > 0 else 0), len(records) - 1)
-    val = sorted(order[:n_val].tolist())
-    train = sorted(order[n_val:].tolist())
-    return [records[i] for i in train], [records[i] for i in val]
-
-
-def decode_annotation(ann: dict, height: int, width: int) -> np.ndarray:
-    """An annotation's mask (RLE as in SA-1B/COCO, or COCO polygons) as HxW bool."""
-    seg = ann["segmentation"]
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = seg
-    return mask_utils.decode(rle).astype(bool)
-
-
-def to_low_res(mask: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """An original-resolution mask in the 256x256 grid of the padded 1024 input frame (area resampling, >= 50%)."""
-    h, w = input_size
-    frame = np.zeros((IMG_SIZE, IMG_SIZE), dtype=np.float32)
-    frame[:h, :w] = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(frame, (LOW_RES_SIZE, LOW_RES_SIZE), interpolation=cv2.INTER_AREA) >= 0.5
-
-
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Images with their object masks, ready for distillation (see the module docstring for a sample's fields)."""
+    """Images with their object masks, ready for distillation (see the module docstring for a sample's fields).
+
+    Items are ``(epoch, index)`` pairs (a bare ``index`` is epoch 0).
+    """
 
     def __init__(
         self,
@@ -125,25 +48,29 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.flip = flip
         self.teacher_cache = teacher_cache
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new object subsets and flips (loaders must not keep persistent workers)."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def load_input(self, index: int, flipped: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
-        """The preprocessed (1, 3, 1024, 1024) encoder input of image ``index`` and its resized (h, w)."""
-        image = load_image(self.records[index].path)
-        return preprocess(np.ascontiguousarray(image[:, ::-1]) if flipped else image)
+    def load_resized(self, index: int) -> np.ndarray:
+        """Image ``index`` as HxWx3 uint8, its longest side resized to 1024 (not flipped, not padded; writable, for torch)."""
+        return np.array(resize_longest_side(load_image(self.records[index].path)))
 
-    def __getitem__(self, index: int) -> dict:
+    def load_input(self, index: int, flipped: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
+        """The (1, 3, 1024, 1024) float32 encoder input of image ``index`` and its resized (h, w), on the host.
+
+        Equal to ``encoder_inputs`` of the same image (a flip of the resized image equals the resize of the flipped one).
+        """
+        resized = self.load_resized(index)
+        return normalize_and_pad(np.ascontiguousarray(resized[:, ::-1]) if flipped else resized), resized.shape[:2]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
         record = self.records[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         flipped = bool(self.flip and rng.random() < 0.5)
-        image, input_size = self.load_input(index, flipped)
+        image = self.load_resized(index)
+        input_size = image.shape[:2]
         big = [a for a in record.annotations if a.get("area", np.inf) >= self.min_area]
         chosen = rng.permutation(len(big))[: self.max_masks] if big else []
         masks, boxes = [], []
@@ -157,72 +84,127 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 boxes.append(apply_boxes(mask_to_box(mask, pixel_edges=True).astype(np.float64), (record.height, record.width)))
         sample = {
             "key": record.key,
-            "image": torch.from_numpy(image[0]),
+            "image": torch.from_numpy(image),
             "input_size": input_size,
             "flipped": flipped,
             "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, LOW_RES_SIZE, LOW_RES_SIZE, dtype=torch.bool),
             "boxes": torch.from_numpy(np.stack(boxes)).float() if boxes else torch.zeros(0, 4),
         }
         if self.teacher_cache is not None:
-            sample["teacher_embedding"] = torch.from_numpy(self.teacher_cache.load(record.key, flipped)).float()
+            sample["teacher_embedding"] = torch.from_numpy(self.teacher_cache.load(record.key, flipped))
         return sample
 
 
-def collate(samples: list[dict]) -> dict:
-    """Stack images (and teacher embeddings); keep per-image masks, boxes and metadata as lists."""
-    batch = {key: [s[key] for s in samples] for key in samples[0]}
-    batch["image"] = torch.stack(batch["image"])
-    if "teacher_embedding" in batch:
-        batch["teacher_embedding"] = torch.stack(batch["teacher_embedding"])
+def pad_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """Resized HxWx3 uint8 images zero-padded into one (B, 1024, 1024, 3) uint8 batch."""
+    batch = torch.zeros(len(images), IMG_SIZE, IMG_SIZE, 3, dtype=torch.uint8)
+    for out, image in zip(batch, images, strict=True):
+        out[: image.shape[0], : image.shape[1]] = image
     return batch
 
 
-def _init_worker(_: int) -> None:
+def collate(samples: list[dict]) -> dict:
+    """A batch: images padded into (B, 1024, 1024, 3) uint8, the objects of all images concatenated.
+
+    Per image: ``key``, ``input_size`` (B, 2), ``flipped`` (B,) and the fp16 ``teacher_embedding``
+    (B, 256, 64, 64) if cached. Per object (P in all): ``masks`` (P, 256, 256), ``boxes`` (P, 4),
+    ``image_index`` (P,) and ``object_weight`` (P,), which makes a weighted sum over objects the mean
+    over images of each image's mean (images without objects count for nothing).
+    """
+    counts = torch.tensor([s["masks"].shape[0] for s in samples])
+    images = pad_images([s["image"] for s in samples])
+    per_image = (1.0 / (counts.clamp(min=1) * (counts > 0).sum().clamp(min=1))).float()
+    batch = {
+        "key": [s["key"] for s in samples],
+        "image": images,
+        "input_size": torch.tensor([s["input_size"] for s in samples]),
+        "flipped": torch.tensor([s["flipped"] for s in samples]),
+        "masks": torch.cat([s["masks"] for s in samples]),
+        "boxes": torch.cat([s["boxes"] for s in samples]),
+        "image_index": torch.arange(len(samples)).repeat_interleave(counts),
+    }
+    batch["object_weight"] = per_image[batch["image_index"]]
+    if "teacher_embedding" in samples[0]:
+        batch["teacher_embedding"] = torch.cat([s["teacher_embedding"] for s in samples])
+    return batch
+
+
+def encoder_inputs(images: torch.Tensor, sizes: torch.Tensor, flipped: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, 1024, 1024, 3) uint8 padded images -> (B, 3, 1024, 1024) float32 encoder inputs on ``device``.
+
+    Flips the resized (h, w) part of the images where ``flipped`` (B,), normalises with SAM's mean and
+    std and zeroes the padding: the same numbers as ``tinysam_edge.transforms.preprocess``.
+    """
+    images = images.to(device, non_blocking=True)
+    sizes = sizes.to(device, non_blocking=True)
+    flipped = flipped.to(device, non_blocking=True)
+    x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W) with channels-last strides
+    grid = torch.arange(x.shape[-1], device=device)
+    h, w = sizes[:, 0, None], sizes[:, 1, None]
+    columns = torch.where(flipped[:, None] & (grid < w), w - 1 - grid, grid)  # (B, W) source column per column
+    x = x.gather(3, columns[:, None, None, :].expand_as(x))
+    for c in range(3):  # scalars, not a mean/std tensor: building one on the device would copy from the host
+        x[:, c].sub_(float(PIXEL_MEAN[c])).div_(float(PIXEL_STD[c]))
+    valid = (grid[None, :, None] < h[:, :, None]) & (grid[None, None, :] < w[:, :, None])  # (B, H, W)
+    return torch.where(valid[:, None], x, 0.0)
+
+
+def init_worker(_: int) -> None:
+    """A loader worker's set-up: one thread each, and stop signals left to the main process."""
     cv2.setNumThreads(1)  # every worker would otherwise start one OpenCV thread per core
     torch.set_num_threads(1)
+    # the main process stops the run (it saves first, then shuts its workers down): a worker killed by the
+    # same Ctrl-C or scheduler SIGTERM would make the loader fail before the state is written
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """(epoch, index) pairs: a seeded permutation per epoch, this rank's share of it (``DistributedSampler``'s split).
+
+    Each rank takes every ``world``-th index of the permutation (the tail that does not divide evenly is
+    dropped); ``set_epoch(epoch, start)`` skips the first ``start`` indices of this rank (a resumed run).
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
+        self.epoch = self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Use the permutation of ``epoch`` from its ``start``-th index on."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle else np.arange(self.size)
+        share = order[self.rank : self.size - self.size % self.world : self.world]
+        return iter([(self.epoch, int(i)) for i in share[self.start :]])
+
+    def __len__(self) -> int:
+        return self.size // self.world - self.start
 
 
 def make_loader(
-    dataset: SegmentationDataset, batch_size: int, num_workers: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+    dataset: SegmentationDataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader that is safe with worker processes and DistributedDataParallel (call its sampler's ``set_epoch``)."""
-    if world_size > 1:
-        sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-        )
-    else:
-        sampler = EpochSampler(dataset, shuffle, seed)
+    """A DataLoader whose worker processes live for the whole run (its sampler's ``set_epoch`` picks the epoch)."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=EpochSampler(len(dataset), shuffle, seed, rank, world_size),
         num_workers=num_workers,
         collate_fn=collate,
-        worker_init_fn=_init_worker,
+        worker_init_fn=init_worker,
         drop_last=True,
-        persistent_workers=False,  # workers must be re-created each epoch to see set_epoch
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
         # forked workers can deadlock on OpenCV/OpenMP thread pools the parent already started
         multiprocessing_context="spawn" if num_workers > 0 else None,
     )
-
-
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Single-process counterpart of DistributedSampler: a seeded permutation per epoch, with ``set_epoch``."""
-
-    def __init__(self, dataset: SegmentationDataset, shuffle: bool, seed: int) -> None:
-        self.size = len(dataset)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the permutation of ``epoch``."""
-        self.epoch = epoch
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.size))
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.size).tolist())
-
-    def __len__(self) -> int:
-        return self.size

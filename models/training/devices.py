@@ -25,7 +25,9 @@ def _device_count(kind: str) -> int:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> the local CUDA device when there is one, else the CPU; else one of ``TRAINING_DEVICES`` that exists here.
 
-    Anything else (an unknown name, an absent backend, ``cuda:3`` on a one-GPU machine) is one ``TinySamError``.
+    ``cuda`` and ``xpu`` without an index take this process's ``local_rank`` (``torchrun``'s LOCAL_RANK;
+    0 alone). Anything else (an unknown name, an absent backend, ``cuda:3`` on a one-GPU machine) is one
+    ``TinySamError``.
     """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -37,8 +39,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise TinySamError(f"unknown training device {name!r}: use auto, cpu, cuda, cuda:N, xpu, xpu:N or mps")
     if not _backend_available(device.type):
         raise TinySamError(f"device {name} requested but {device.type} is not available here (use 'auto' or 'cpu')")
+    if device.index is None and device.type in ("cuda", "xpu"):
+        device = torch.device(device.type, local_rank)  # autocast, DDP and set_device need an index
     if device.index is not None and device.index >= _device_count(device.type):
-        raise TinySamError(f"device {name} requested but this machine has {_device_count(device.type)} {device.type} device(s)")
+        raise TinySamError(f"device {device} requested but this machine has {_device_count(device.type)} {device.type} device(s)")
     return device
 
 
@@ -60,3 +64,8 @@ def dist_env() -> tuple[int, int, int]:
     """(rank, local rank, world size) as ``torchrun`` sets them; (0, 0, 1) for a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def training_device(name: str) -> torch.device:
+    """``resolve_device`` for this process: under ``torchrun`` an index-less ``cuda`` is the local rank's GPU."""
+    return resolve_device(name, dist_env()[1])

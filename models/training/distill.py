@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import torch
@@ -25,14 +24,16 @@ from tinysam_edge.errors import TinySamError, error_cause
 from tinysam_edge.files import atomic_write
 from tinysam_edge.weights import resolve_checkpoint, sha256_file
 
-from ..build_sam import build_sam, infer_model_name, save_checkpoint
+from ..build_sam import build_sam, save_checkpoint
 from ..modeling import Sam
 from .config import DistillConfig
-from .data import ImageRecord, SegmentationDataset, load_records, make_loader, split_records
-from .devices import amp_dtype, dist_env, resolve_device
+from .data import SegmentationDataset, make_loader
+from .devices import amp_dtype, dist_env, training_device
 from .logs import LOG_FIELDS, LOG_FILE, VAL_FIELDS, VAL_FILE, append_csv, best_score, open_tensorboard, plot_log, val_score
-from .step import StudentStep, evaluate, train_step
-from .teacher_cache import CacheMeta, TeacherCache, build_cache
+from .records import ImageRecord, load_records, split_records
+from .step import PhaseMarks, StudentStep, evaluate, teacher_terms_on, train_step
+from .stops import StopRequest
+from .teacher_cache import TeacherCache
 
 STATE_FILE = "train_state.pt"
 LAST_CHECKPOINT = "student_last.pth"
@@ -66,10 +67,10 @@ def freeze_gradless(model: Sam) -> None:
 
 
 def build_models(config: DistillConfig, device: torch.device, log: Callable[[str], None]) -> tuple[Sam, Sam]:
-    """(teacher without its encoder when a cache is used, student in train mode) on ``device``."""
+    """(teacher without its encoder when a cache is used or no term needs it, student in train mode) on ``device``."""
     teacher = build_sam(config.teacher.model, checkpoint=config.teacher.checkpoint)
-    if config.teacher.cache:
-        teacher.image_encoder = nn.Identity()  # embeddings come from the cache; free the big encoder
+    if config.teacher.cache or not teacher_terms_on(config.loss)[0]:
+        teacher.image_encoder = nn.Identity()  # embeddings come from the cache (or are not needed): free the big encoder
     teacher.requires_grad_(False).eval()
     scratch = config.student.init == "scratch"
     student = build_sam(config.student.model, checkpoint=None if scratch else config.student.init, flavour=config.student.flavour)
@@ -79,36 +80,6 @@ def build_models(config: DistillConfig, device: torch.device, log: Callable[[str
         log("student: random encoder, prompt encoder and mask decoder copied from the teacher")
     freeze_gradless(student)
     return teacher.to(device), student.to(device).train()
-
-
-def cache_teacher(
-    checkpoint: str,
-    images: str,
-    out: str,
-    annotations: str | None = None,
-    model: str = "auto",
-    flip: bool = False,
-    device: str = "auto",
-    amp: str = "auto",
-    log: Callable[[str], None] = print,
-) -> TeacherCache:
-    """Precompute the teacher's embeddings of every image of a COCO or SA-1B dataset into ``out`` (resumable)."""
-    torch_device = resolve_device(device)  # before the slow parts
-    dtype = amp_dtype(amp, torch_device)
-    path, _ = resolve_checkpoint(checkpoint)
-    records = load_records(images, annotations)
-    teacher = build_sam(model, checkpoint=path)
-    encoder = teacher.image_encoder.to(torch_device).eval()
-    log(f"teacher {Path(path).name} on {torch_device} (amp {dtype or 'off'})")
-
-    @torch.inference_mode()
-    def encode(image: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(torch_device.type, dtype=dtype, enabled=dtype is not None):
-            return encoder(image.to(torch_device))
-
-    dataset = SegmentationDataset(records)
-    meta = CacheMeta(model=infer_model_name(teacher.state_dict()), checkpoint=Path(path).name, sha256=sha256_file(Path(path)), flips=flip)
-    return build_cache(encode, dataset.load_input, [r.key for r in records], out, meta, log)
 
 
 @dataclass
@@ -123,8 +94,9 @@ class TrainingData:
 
 
 def _checked_cache(config: DistillConfig, records: list[ImageRecord]) -> TeacherCache | None:
-    """The configured teacher cache, refused when it is from another teacher or lacks an intact embedding of ``records``."""
-    if not config.teacher.cache:
+    """The configured teacher cache (None when no term needs the teacher), refused when it is from another teacher or
+    lacks an intact embedding of ``records``."""
+    if not config.teacher.cache or not teacher_terms_on(config.loss)[0]:
         return None
     cache = TeacherCache(config.teacher.cache)
     if cache.meta.sha256 != sha256_file(resolve_checkpoint(config.teacher.checkpoint)[0]):
@@ -140,7 +112,7 @@ def _checked_cache(config: DistillConfig, records: list[ImageRecord]) -> Teacher
     return cache
 
 
-def load_training_data(config: DistillConfig, rank: int = 0, world: int = 1) -> TrainingData:
+def load_training_data(config: DistillConfig, rank: int = 0, world: int = 1, pin_memory: bool = False) -> TrainingData:
     """Records, held-out split, datasets (with the checked teacher cache) and the loader of this process."""
     records = load_records(config.data.images, config.data.annotations or None)
     if config.data.limit:
@@ -150,7 +122,7 @@ def load_training_data(config: DistillConfig, rank: int = 0, world: int = 1) -> 
     data = config.data
     train_set = SegmentationDataset(train_records, data.max_masks, data.min_area, data.flip, cache, config.run.seed)
     val_set = SegmentationDataset(val_records, max_masks=1000, min_area=data.min_area) if val_records else None
-    loader = make_loader(train_set, config.optim.batch_size, data.num_workers, True, config.run.seed, rank, world)
+    loader = make_loader(train_set, config.optim.batch_size, data.num_workers, True, config.run.seed, rank, world, pin_memory)
     if len(loader) == 0:
         raise TinySamError(f"{len(train_records)} training images are fewer than one batch of {config.optim.batch_size}")
     return TrainingData(train_records, val_records, train_set, val_set, loader)
@@ -179,7 +151,13 @@ class Distiller:
         self.out = Path(config.run.out)
         self.total_steps = config.optim.max_steps or config.optim.epochs * len(data.loader)
         self.teacher, self.student = build_models(config, device, log)
-        self.step_module: nn.Module = StudentStep(self.student, config.sampler)
+        if config.run.channels_last:
+            self.student.image_encoder.to(memory_format=torch.channels_last)
+        if config.run.compile:  # in place, so state_dict keys keep the official names
+            self.student.image_encoder.compile()
+            self.teacher.image_encoder.compile()
+        self.marks = PhaseMarks()
+        self.step_module: nn.Module = StudentStep(self.student, config.sampler, config.run.channels_last, self.marks)
         if world > 1:
             if device.type == "cuda":  # TinyViT's BatchNorm sees 1-4 images per GPU: share the statistics
                 self.step_module = nn.SyncBatchNorm.convert_sync_batchnorm(self.step_module)
@@ -251,18 +229,21 @@ class Distiller:
             save_checkpoint(self.student, self.out / BEST_CHECKPOINT)
 
     def update(self, batch: dict) -> dict[str, torch.Tensor]:
-        """One optimiser step on ``batch``; returns its loss terms."""
+        """One optimiser step on ``batch``; returns its loss terms (on the device: reading them waits for it)."""
+        self.marks.mark("start")
         terms = train_step(
             batch, self.step_module, self.teacher, self.student.flavour, self.config.loss, self.device, self.amp, self.generator
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["total"]).backward()
+        self.marks.mark("backward_end")
         if self.config.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.marks.mark("optimizer_end")
         self.step += 1
         self.batch_in_epoch += 1
         return terms
@@ -288,35 +269,57 @@ class Distiller:
             f"{len(self.data.val_records)} val images, {self.total_steps} steps of {c.optim.batch_size} images x up to {c.data.max_masks} objects"
         )
 
+    def after_step(self, terms: dict[str, torch.Tensor], clock: list[float]) -> None:
+        """Log, validate and save on the configured schedule. ``clock`` is (time, step) of the last log line."""
+        run, last = self.config.run, self.step == self.total_steps
+        if self.main and (self.step % run.log_every == 0 or last):  # reading the losses waits for the device: only here
+            self.record(terms, (self.step - clock[1]) / (time.perf_counter() - clock[0]))
+            clock[:] = [time.perf_counter(), self.step]
+        if self.step % run.val_every == 0 or last:
+            self.validate()
+        if self.step % run.save_every == 0 or last:
+            self.save("final" if last else "periodic")
+
+    def stopping(self, stop: StopRequest) -> bool:
+        """Whether a stop signal arrived (in any process: under DDP every process stops at the same step)."""
+        flag = stop.signum is not None
+        if self.world > 1:
+            shared = torch.tensor([float(flag)], device=self.device)
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+            flag = bool(shared.item())
+        return flag
+
     def run(self) -> None:
-        """Train up to ``total_steps``, logging, validating and saving on the configured schedule; then plot the logs."""
-        run = self.config.run
+        """Train up to ``total_steps``, logging, validating and saving on the configured schedule; then plot the logs.
+
+        Ctrl-C or SIGTERM: the state is saved after the step in progress, then the signal takes its course
+        (under the CLI: one line, exit 130 / 143); ``--resume`` continues from that step.
+        """
         if self.step == 0:
             self.validate()
         progress = tqdm(total=self.total_steps, initial=self.step, desc="distill", unit="step", disable=not self.main)
-        tic, last_logged = time.perf_counter(), self.step
-        while self.step < self.total_steps:
-            self.data.train_set.set_epoch(self.epoch)
-            self.data.loader.sampler.set_epoch(self.epoch)
-            for batch in islice(self.data.loader, self.batch_in_epoch, None):
-                terms = self.update(batch)
-                progress.update(1)
-                progress.set_postfix(loss=f"{terms['total'].item():.4f}")
-                last = self.step == self.total_steps
-                if self.main and (self.step % run.log_every == 0 or last):
-                    self.record(terms, (self.step - last_logged) / (time.perf_counter() - tic))
-                    tic, last_logged = time.perf_counter(), self.step
-                if self.step % run.val_every == 0 or last:
-                    self.validate()
-                if self.step % run.save_every == 0 or last:
-                    self.save("final" if last else "periodic")
-                if last:
-                    break
-            else:
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        progress.close()
-        if self.writer is not None:
-            self.writer.close()
+        clock, stopped = [time.perf_counter(), float(self.step)], False
+        sampler = self.data.loader.sampler
+        with StopRequest() as stop:
+            while self.step < self.total_steps and not stopped:
+                sampler.set_epoch(self.epoch, self.batch_in_epoch * self.config.optim.batch_size)
+                for batch in self.data.loader:
+                    self.after_step(self.update(batch), clock)
+                    progress.update(1)
+                    stopped = self.stopping(stop)
+                    if self.step == self.total_steps or stopped:
+                        break
+                else:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            progress.close()
+            if self.writer is not None:
+                self.writer.close()
+            if stopped:
+                self.save("stop")
+                self.log(f"stopped at step {self.step}; continue with --resume")
+                if stop.signum is not None:
+                    stop.deliver()
+                return
         if self.main:
             plot_log(self.out)
 
@@ -327,7 +330,7 @@ def _silent(*_: object) -> None:
 
 def train(config: DistillConfig, resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) a distillation; returns the output folder with ``student_last.pth`` in the official layout."""
-    rank, local_rank, world = dist_env()
+    rank, _, world = dist_env()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if rank != 0:
@@ -335,11 +338,11 @@ def train(config: DistillConfig, resume: bool = False, log: Callable[[str], None
     out = Path(config.run.out)
     if rank == 0:
         _check_out_dir(out, resume)
-    device = resolve_device(config.run.device, local_rank)
+    device = training_device(config.run.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(config.run.seed + rank)
-    distiller = Distiller(config, load_training_data(config, rank, world), device, rank, world, log)
+    distiller = Distiller(config, load_training_data(config, rank, world, device.type == "cuda"), device, rank, world, log)
     if resume:
         distiller.restore()
     distiller.start()

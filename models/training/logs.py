@@ -9,7 +9,7 @@ from tinysam_edge.errors import TinySamError
 LOG_FILE = "log.csv"
 VAL_FILE = "val.csv"
 LOG_FIELDS = ["step", "epoch", "lr", "total", "embedding", "token", "output", "mask", "iou", "hard_weight", "steps_per_s"]
-VAL_FIELDS = ["step", "point_miou", "box_miou", "objects"]
+VAL_FIELDS = ["step", "point_miou", "box_miou", "box_baseline_miou", "objects"]
 
 
 def append_csv(path: Path, fields: list[str], row: dict) -> None:

@@ -90,35 +90,40 @@ def supervised_tokens(num_points: torch.Tensor, has_box: torch.Tensor, flavour: 
 
 def prompt_losses(
     student: dict[str, torch.Tensor],
-    teacher: dict[str, torch.Tensor],
+    teacher: dict[str, torch.Tensor] | None,
     gt: torch.Tensor,
     candidates: torch.Tensor,
     weights: LossWeights,
 ) -> dict[str, torch.Tensor]:
-    """The per-prompt loss terms for the K prompts of one image (the embedding term is ``l1`` on the batch).
+    """The loss terms of each of P prompts, (P,) each (the embedding term is ``l1`` on the images).
 
-    ``student``/``teacher`` hold ``tokens`` (K, 5, 256) (the IoU and mask output tokens of the two-way
-    transformer) and ``masks`` (K, 4, 256, 256) logits, the student also ``iou`` (K, 4); ``gt`` is
-    (K, 256, 256) bool; ``candidates`` (K, 4) from ``supervised_tokens``. Returns the weighted
+    ``student``/``teacher`` hold ``tokens`` (P, 5, 256) (the IoU and mask output tokens of the two-way
+    transformer) and ``masks`` (P, 4, 256, 256) logits, the student also ``iou`` (P, 4); ``gt`` is
+    (P, 256, 256) bool; ``candidates`` (P, 4) from ``supervised_tokens``. Returns the weighted
     ``total`` of token, output (hard-mask weighted), mask (focal + dice on the best candidate token)
-    and IoU terms, each term unweighted, and the mean hard weight.
+    and IoU terms, each term unweighted, and the mean hard weight. Without ``teacher`` (its terms are
+    off) the token and output terms are 0 and the hard weights 1.
     """
     s_masks = student["masks"].float()
-    t_masks = teacher["masks"].float()
     gt4 = gt[:, None].expand_as(s_masks)
     with torch.no_grad():
         iou_s = mask_iou(s_masks > 0, gt4)
-        iou_t = mask_iou(t_masks > 0, gt4)
-        hmw = hard_mask_weights(iou_t, iou_s) if weights.hard_mask_weighting else torch.ones_like(iou_s)
-
-    terms = {
-        "token": l1(student["tokens"].float(), teacher["tokens"].float(), 1).mean(),
-        "output": (hmw * l1(s_masks, t_masks, 2)).mean(),
-    }
+    if teacher is None:
+        zero = s_masks.new_zeros(s_masks.shape[0])
+        terms, hmw = {"token": zero, "output": zero}, torch.ones_like(iou_s)
+    else:
+        t_masks = teacher["masks"].float()
+        with torch.no_grad():
+            iou_t = mask_iou(t_masks > 0, gt4)
+            hmw = hard_mask_weights(iou_t, iou_s) if weights.hard_mask_weighting else torch.ones_like(iou_s)
+        terms = {
+            "token": l1(student["tokens"].float(), teacher["tokens"].float(), 2),
+            "output": (hmw * l1(s_masks, t_masks, 2)).mean(1),
+        }
     per_token = weights.focal * sigmoid_focal_loss(s_masks, gt4) + weights.dice * dice_loss(s_masks, gt4)
     best = per_token.masked_fill(~candidates, float("inf")).argmin(dim=1)
-    terms["mask"] = per_token.gather(1, best[:, None]).mean()
-    terms["iou"] = (student["iou"].float() - iou_s).abs().mean()
+    terms["mask"] = per_token.gather(1, best[:, None]).squeeze(1)
+    terms["iou"] = (student["iou"].float() - iou_s).abs().mean(1)
     terms["total"] = weights.token * terms["token"] + weights.output * terms["output"] + terms["mask"] + weights.iou * terms["iou"]
-    terms["hard_weight"] = hmw.mean()
+    terms["hard_weight"] = hmw.mean(1)
     return terms

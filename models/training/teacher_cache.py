@@ -1,19 +1,17 @@
 """Precomputed teacher image embeddings (fp16 .npy per image), as the paper does: the big teacher encoder runs once.
 
-Layout: ``DIR/meta.json`` (which teacher, whether flipped copies exist) and ``DIR/<key>.npy`` /
+Filled by ``cache_builder.build_cache``. Layout: ``DIR/meta.json`` (which teacher, whether flipped copies exist) and ``DIR/<key>.npy`` /
 ``DIR/<key>.hflip.npy`` of shape (1, 256, 64, 64). Files are written atomically, so an interrupted run
 resumes where it stopped and never leaves a truncated embedding behind.
 """
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from tinysam_edge.errors import TinySamError
 from tinysam_edge.files import atomic_write
@@ -116,28 +114,3 @@ def open_cache(out_dir: str | Path, meta: CacheMeta) -> TeacherCache:
     out.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(asdict(meta), indent=1))
     return TeacherCache(out)
-
-
-def build_cache(
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    load_input: Callable[[int, bool], tuple[np.ndarray, tuple[int, int]]],
-    keys: Sequence[str],
-    out_dir: str | Path,
-    meta: CacheMeta,
-    log: Callable[[str], None] = print,
-) -> TeacherCache:
-    """Encode every image not cached yet and store fp16 embeddings in ``out_dir`` (see ``open_cache``); resumes an existing cache.
-
-    ``encode`` maps a (1, 3, 1024, 1024) float tensor to its (1, 256, 64, 64) embedding and
-    ``load_input(index, flipped)`` gives image ``index`` preprocessed.
-    """
-    cache = open_cache(out_dir, meta)
-    todo = set(cache.missing(keys))
-    log(f"teacher cache {cache.root}: {len(keys) - len(todo)} of {len(keys)} images done, encoding {len(todo)}")
-    for index in tqdm([i for i, k in enumerate(keys) if k in todo], desc="teacher embeddings", unit="img"):
-        for flipped in (False, True) if meta.flips else (False,):
-            if cache.intact(cache.path(keys[index], flipped)):
-                continue
-            image, _ = load_input(index, flipped)
-            cache.store(keys[index], flipped, encode(torch.from_numpy(image)).float().cpu().numpy())
-    return cache

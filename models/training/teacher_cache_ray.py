@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tinysam_edge.label.ray_engine import import_ray, init_ray
+from tinysam_edge.ray_utils import import_ray, init_ray
 
 if TYPE_CHECKING:
     from .teacher_cache import TeacherCache
@@ -98,7 +98,7 @@ def cache_teacher_ray(
     from tinysam_edge.weights import resolve_checkpoint, sha256_file
 
     from ..build_sam import build_sam, infer_model_name
-    from .data import load_records
+    from .records import load_records
     from .teacher_cache import CacheMeta, open_cache
 
     path, _ = resolve_checkpoint(checkpoint)

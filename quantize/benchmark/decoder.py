@@ -2,35 +2,35 @@
 
 import importlib
 import importlib.util
+import os
 import statistics
 import sys
 import time
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinysam_edge.models import TorchPredictor, build_sam
 from tinysam_edge.models.modeling import CachedMaskDecoder, Sam
 from tinysam_edge.predictor import PredictorBase
 from tinysam_edge.transforms import apply_coords
 
-from .pipeline import interleaved_rounds, run_header
+from .pipeline import openvino_variants
+from .rounds import environment, interleaved_rounds, run_header
 
 OfficialDecoder = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
-def load_official_decoder(sam: Sam) -> OfficialDecoder | None:
-    """segment-anything 1.0's prompt encoder + mask decoder holding ``sam``'s weights, or None without the package.
-
-    The returned function decodes (1, 256, 64, 64) embedding, (B, N, 2) coords in the 1024 frame and
-    (B, N) labels (SAM appends its own padding point) into low-res logits and IoU of tokens 1..3.
-    """
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None:
-        return None
+def official_modules(sam: Sam) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """segment-anything 1.0's prompt encoder and mask decoder (eval mode) holding ``sam``'s weights, or None without the package."""
     if "segment_anything" not in sys.modules:
+        spec = importlib.util.find_spec("segment_anything")
+        if spec is None:
+            return None
         # The package's __init__ imports its mask generator and with it torchvision, which the
         # runtime does not use; the modeling subpackage alone needs only torch.
         parent = types.ModuleType("segment_anything")
@@ -46,6 +46,19 @@ def load_official_decoder(sam: Sam) -> OfficialDecoder | None:
     for name, module in (("prompt_encoder.", prompt_encoder), ("mask_decoder.", mask_decoder)):
         module.load_state_dict({k[len(name) :]: v for k, v in weights.items() if k.startswith(name)})
         module.eval()
+    return prompt_encoder, mask_decoder
+
+
+def load_official_decoder(sam: Sam) -> OfficialDecoder | None:
+    """The official prompt encoder + mask decoder (``official_modules``) as one function, or None without the package.
+
+    The returned function decodes (1, 256, 64, 64) embedding, (B, N, 2) coords in the 1024 frame and
+    (B, N) labels (SAM appends its own padding point) into low-res logits and IoU of tokens 1..3.
+    """
+    modules = official_modules(sam)
+    if modules is None:
+        return None
+    prompt_encoder, mask_decoder = modules
 
     @torch.inference_mode()
     def decode(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,3 +163,25 @@ def format_decoder(report: dict) -> str:
     lines += ["", "| MACs (matmuls and convolutions) | M |", "| --- | --- |"]
     lines += [f"| {name} | {macs / 1e6:.0f} |" for name, macs in report["macs"].items()]
     return "\n".join(lines)
+
+
+def decoder_report(
+    model_dirs: dict[str, Path],
+    checkpoint: str | Path,
+    image: np.ndarray,
+    rounds: int = 5,
+    device: str = "CPU",
+    precisions: tuple[str, ...] = ("f32", "bf16"),
+    log=print,
+) -> dict:
+    """``decoder_bench`` over torch eager and every OpenVINO variant at each of ``precisions``, with the MAC counts."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    sam = build_sam("vit_t", checkpoint=checkpoint)
+    official = load_official_decoder(sam)
+    if official is None:
+        log("segment-anything is not installed: no official decoder to compare with (pip install 'tinysam-edge[bench]')")
+    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(sam)}
+    for label, folder in model_dirs.items():
+        variants.update(openvino_variants(folder, device, precisions, label, plain_too=True))
+    report = decoder_bench(variants, official, image, rounds=rounds, log=log)
+    return {**environment(device), **report, "image_hw": list(image.shape[:2]), "macs": decoder_macs(sam, official)}

@@ -1,61 +1,21 @@
 """Latency benchmarks: the Python pipeline (torch eager vs OpenVINO variants, interleaved) and benchmark_app on every IR."""
 
 import os
-import platform
-import resource
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 import torch
 
-from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor, __version__
+from tinysam_edge import HierarchicalMaskGenerator, MaskGenerator, Predictor
 from tinysam_edge.files import atomic_write
 from tinysam_edge.manifest import ENCODER_INPUT, Manifest
 from tinysam_edge.models import TorchPredictor, build_sam
 from tinysam_edge.predictor import PredictorBase
 
 from .benchmark_app import run_benchmark_app
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-class ForeignLoad:
-    """Cores' worth of CPU time used by *other* processes during a block (Linux; 0 elsewhere)."""
-
-    def __enter__(self) -> "ForeignLoad":  # noqa: PYI034 - typing.Self needs Python 3.11
-        self._start = (time.perf_counter(), self._busy(), self._own())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        wall, busy, own = (b - a for a, b in zip(self._start, (time.perf_counter(), self._busy(), self._own())))
-        self.cores = max(0.0, (busy - own) / wall) if wall > 0 else 0.0
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except OSError:
-            return 0.0
-        idle = fields[3] + fields[4]
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+from .rounds import environment, interleaved_rounds, run_header
 
 
 def _time_variant(predictor: PredictorBase, image: np.ndarray, point: np.ndarray, clicks: int) -> dict[str, float]:
@@ -100,29 +60,7 @@ def pipeline_bench(variants: dict[str, PredictorBase], rounds: int = 10, clicks:
     return {**report, "baseline": next(iter(variants))}
 
 
-def interleaved_rounds(names: list[str], run: Callable[[str], dict[str, float]], rounds: int, log=print) -> dict:
-    """Run every variant once per round, rotating the order, and take medians over the clean rounds.
-
-    A round is clean when other processes used under 0.25 cores during it; when none is, all rounds
-    count and the report says ``contended``.
-    """
-    samples: dict[str, list[dict]] = {name: [] for name in names}
-    loads = []
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        with ForeignLoad() as load:
-            round_results = {name: run(name) for name in order}
-        loads.append(load.cores)
-        for name, result in round_results.items():
-            samples[name].append(result)
-        log(f"round {r + 1}/{rounds}: foreign load {load.cores:.2f} cores")
-    clean = [i for i, c in enumerate(loads) if c < 0.25]
-    kept = clean or list(range(rounds))
-    results = {name: {k: statistics.median(s[i][k] for i in kept) for k in s[0]} for name, s in samples.items()}
-    return {"rounds": rounds, "clean_rounds": len(clean), "contended": not clean, "foreign_load_cores": loads, "results": results}
-
-
-def _openvino_variants(
+def openvino_variants(
     model_dir: str | Path, device: str, precisions: tuple[str, ...], label: str, plain_too: bool = False
 ) -> dict[str, Predictor]:
     """One predictor per precision; with ``plain_too`` also one without the split decoder (the baseline)."""
@@ -135,38 +73,28 @@ def _openvino_variants(
     return variants
 
 
-def _environment(device: str) -> dict:
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "device": device,
-        "versions": {
-            "tinysam_edge": __version__,
-            "openvino": ov.get_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-        },
-    }
-
-
 def model_dirs(model_dir: str | Path, int8_dir: str | Path | None) -> dict[str, Path]:
     """The model dirs to time by their report labels: ``fp32-IR``, and ``int8-IR`` when given."""
     return {"fp32-IR": Path(model_dir)} | ({"int8-IR": Path(int8_dir)} if int8_dir is not None else {})
 
 
-def _pipeline_variants(dirs: dict[str, Path], checkpoint: str | Path, device: str, precisions: tuple[str, ...]) -> dict[str, PredictorBase]:
-    """Torch eager (the baseline, first) and an OpenVINO predictor per model dir and precision."""
+def _pipeline_variants(
+    dirs: dict[str, Path], checkpoint: str | Path | None, device: str, precisions: tuple[str, ...]
+) -> dict[str, PredictorBase]:
+    """Torch eager (the baseline, first; left out without ``checkpoint``) and an OpenVINO predictor per model dir and precision."""
     torch.set_num_threads(os.cpu_count() or 1)
-    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))}
+    variants: dict[str, PredictorBase] = {}
+    if checkpoint is not None:
+        variants["torch eager f32"] = TorchPredictor(build_sam("vit_t", checkpoint=checkpoint))
     for label, folder in dirs.items():
-        variants.update(_openvino_variants(folder, device, precisions, label))
+        variants.update(openvino_variants(folder, device, precisions, label))
     return variants
 
 
 def quick_bench(
     model_dir: str | Path,
     int8_dir: str | Path | None,
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     rounds: int = 10,
     device: str = "CPU",
     precisions: tuple[str, ...] = ("f32", "bf16"),
@@ -174,13 +102,13 @@ def quick_bench(
 ) -> dict:
     """Encoder and one-click latency of torch eager and OpenVINO (FP32 and, if given, INT8 dir) at each of ``precisions``, interleaved."""
     variants = _pipeline_variants(model_dirs(model_dir, int8_dir), checkpoint, device, precisions)
-    return {**_environment(device), "pipeline": pipeline_bench(variants, rounds, log=log)}
+    return {**environment(device), "pipeline": pipeline_bench(variants, rounds, log=log)}
 
 
 def full_bench(
     model_dir: str | Path,
     int8_dir: str | Path | None,
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     rounds: int = 5,
     seconds: int = 10,
     device: str = "CPU",
@@ -219,39 +147,7 @@ def full_bench(
                 }
             )
     variants = _pipeline_variants(dirs, checkpoint, device, precisions)
-    return {**_environment(device), "benchmark_app": apps, "pipeline": pipeline_bench(variants, rounds, log=log)}
-
-
-def decoder_report(
-    model_dirs: dict[str, Path],
-    checkpoint: str | Path,
-    image: np.ndarray,
-    rounds: int = 5,
-    device: str = "CPU",
-    precisions: tuple[str, ...] = ("f32", "bf16"),
-    log=print,
-) -> dict:
-    """``decoder_bench`` over torch eager and every OpenVINO variant at each of ``precisions``, with the MAC counts."""
-    from .decoder import decoder_bench, decoder_macs, load_official_decoder
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    sam = build_sam("vit_t", checkpoint=checkpoint)
-    official = load_official_decoder(sam)
-    if official is None:
-        log("segment-anything is not installed: no official decoder to compare with (pip install 'tinysam-edge[bench]')")
-    variants: dict[str, PredictorBase] = {"torch eager f32": TorchPredictor(sam)}
-    for label, folder in model_dirs.items():
-        variants.update(_openvino_variants(folder, device, precisions, label, plain_too=True))
-    report = decoder_bench(variants, official, image, rounds=rounds, log=log)
-    return {**_environment(device), **report, "image_hw": list(image.shape[:2]), "macs": decoder_macs(sam, official)}
-
-
-def run_header(report: dict, rounds: dict) -> str:
-    """One line: machine, versions and how many of the ``interleaved_rounds`` were clean."""
-    return (
-        f"{report['cpu']}, {report['cores']} cores, device {report['device']}; openvino {report['versions']['openvino']}, torch {report['versions']['torch']};"
-        f" {rounds['clean_rounds']}/{rounds['rounds']} clean rounds" + (" (CONTENDED: numbers are noisy)" if rounds["contended"] else "")
-    )
+    return {**environment(device), "benchmark_app": apps, "pipeline": pipeline_bench(variants, rounds, log=log)}
 
 
 def format_tables(report: dict) -> str:
@@ -260,7 +156,7 @@ def format_tables(report: dict) -> str:
     lines = [
         run_header(report, pipe),
         "",
-        "Python pipeline (medians; speed-ups vs torch eager in the same run):",
+        f"Python pipeline (medians; speed-ups vs {pipe['baseline']} in the same run):",
         "",
         "| variant | preprocess ms | encoder ms | x | decoder ms (1 click) | x | click incl. upscaling ms | set_image + click ms | x |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -331,7 +227,7 @@ def everything_bench(
     grid_options = {k: v for k, v in options.items() if k != "high_score_thresh"}
     generators = {}
     for label, folder in model_dirs.items():
-        for name, predictor in _openvino_variants(folder, device, precisions, label, plain_too=True).items():
+        for name, predictor in openvino_variants(folder, device, precisions, label, plain_too=True).items():
             generators[f"{name} | hierarchical"] = HierarchicalMaskGenerator(predictor, **options)
             generators[f"{name} | grid"] = MaskGenerator(predictor, **grid_options)
 
@@ -364,7 +260,7 @@ def everything_bench(
         results.setdefault(variant, {})[mode] = result
     for modes in results.values():
         modes["grid_over_hierarchical"] = modes["grid"]["total_s"] / modes["hierarchical"]["total_s"]
-    return {**_environment(device), **report, "image_hw": list(image.shape[:2]), "options": options, "results": results}
+    return {**environment(device), **report, "image_hw": list(image.shape[:2]), "options": options, "results": results}
 
 
 def format_everything(report: dict) -> str:

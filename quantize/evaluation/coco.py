@@ -2,6 +2,8 @@
 
 import contextlib
 import io
+import math
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,10 +41,14 @@ def check_detections(
     if not isinstance(detections, list) or not detections:
         raise TinySamError("the detections file holds no detections (expected a non-empty COCO results list)")
     for i, det in enumerate(detections):
-        if not isinstance(det, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(det) or len(det["bbox"]) != 4:
+        if not isinstance(det, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(det) or not _numbers(det["bbox"], 4):
             raise TinySamError(
                 f"detection {i} is not a COCO result with image_id, category_id, bbox [x, y, w, h] and score: {str(det)[:120]}"
             )
+        if not _numbers([det["score"]], 1) or not math.isfinite(det["score"]):  # NaN or inf would make the results file invalid JSON
+            raise TinySamError(f"detection {i} has a non-finite or non-numeric score ({str(det['score'])[:40]}): {str(det)[:120]}")
+        if not all(math.isfinite(v) for v in det["bbox"]):
+            raise TinySamError(f"detection {i} has a non-finite bbox: {str(det)[:120]}")
     unknown = sorted({d["image_id"] for d in detections} - set(image_files))
     if unknown:
         raise TinySamError(f"{len(unknown)} image ids of the detections are not in the annotations (first: {unknown[:5]})")
@@ -55,21 +61,42 @@ def check_detections(
     return usable, warnings
 
 
+def _numbers(values: object, count: int) -> bool:
+    """``values`` is a list of ``count`` real numbers (not booleans)."""
+    return (
+        isinstance(values, list) and len(values) == count and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    )
+
+
 def segment_detections(
-    predictor: PredictorBase, image_files: dict[int, Path], detections: list[dict], progress: bool = True
+    predictor: PredictorBase,
+    image_files: dict[int, Path],
+    detections: list[dict],
+    progress: bool = True,
+    sizes: dict[int, tuple[int, int]] | None = None,
 ) -> tuple[list[dict], dict]:
     """Box-prompt every detection, keep the best-IoU mask (tokens 1..3) as COCO RLE; drop the detector's bbox.
 
     Detections are grouped by image, so the encoder runs once per image whatever their order. Boxes
-    reaching outside the image are clipped to it (counted).
+    reaching outside the image are clipped to it (counted). Images whose real (H, W) differs from
+    ``sizes`` (the annotations') are counted and the first one is reported on stderr, once.
     """
     by_image = defaultdict(list)
     for det in detections:
         by_image[det["image_id"]].append(det)
-    results, clipped = [], 0
+    results, clipped, resized = [], 0, 0
     for image_id in tqdm(sorted(by_image), desc="segmenting", unit="image", disable=not progress):
         predictor.set_image(load_image(image_files[image_id]))
         h, w = predictor.original_size
+        if sizes is not None and sizes.get(image_id, (h, w)) != (h, w):
+            if not resized:
+                ah, aw = sizes[image_id]
+                tqdm.write(
+                    f"warning: image {image_id} ({image_files[image_id].name}) is {w}x{h} but the annotations say {aw}x{ah}; "
+                    "masks and ground truth of such images are not comparable (counted as size_mismatch)",
+                    file=sys.stderr,
+                )
+            resized += 1
         dets = by_image[image_id]
         boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (d["bbox"] for d in dets)], dtype=np.float64)
         inside = np.clip(boxes, 0, [w, h, w, h])
@@ -82,7 +109,7 @@ def segment_detections(
                 results.append(
                     {"image_id": image_id, "category_id": det["category_id"], "score": det["score"], "segmentation": encode_rle(mask)}
                 )
-    return results, {"clipped_boxes": clipped}
+    return results, {"clipped_boxes": clipped} | ({"size_mismatch": resized} if sizes is not None else {})
 
 
 def evaluate_segm(coco, results: list[dict], image_ids: list[int]) -> tuple[dict[str, float], str]:
@@ -124,6 +151,7 @@ class Job:
     detections: list[dict]
     warnings: dict
     evaluate: Callable[[list[dict], list[int]], tuple[dict, str]]
+    sizes: dict[int, tuple[int, int]] | None = None
 
 
 def prepare(
@@ -143,12 +171,13 @@ def prepare(
         kept = top_per_image(dets, per_image)
         warnings["beyond_top_per_image"] = len(dets) - len(kept)
         dets = kept
-    return Job(image_files, image_ids, dets, warnings, evaluate)
+    sizes = {i: (img["height"], img["width"]) for i, img in coco.imgs.items()}
+    return Job(image_files, image_ids, dets, warnings, evaluate, sizes)
 
 
 def run_job(predictor: PredictorBase, job: Job, progress: bool = True) -> dict:
     """Box-prompt every detection of ``job`` and score the masks: stats, summary, counts, warnings and the results list."""
-    results, seg_warnings = segment_detections(predictor, job.image_files, job.detections, progress)
+    results, seg_warnings = segment_detections(predictor, job.image_files, job.detections, progress, job.sizes)
     stats, summary = job.evaluate(results, job.image_ids)
     report = {"stats": stats, "summary": summary, "images": len(job.image_ids), "detections": len(job.detections)}
     return report | {"warnings": job.warnings | seg_warnings, "results": results}

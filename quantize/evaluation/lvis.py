@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinysam_edge.coco import read_json
+from tinysam_edge.coco import read_json, segmentation_problem
 from tinysam_edge.errors import TinySamError
 from tinysam_edge.predictor import PredictorBase
 
@@ -58,9 +58,12 @@ def _check_lvis(data: object, path: Path) -> None:
         if not isinstance(cat, dict) or "id" not in cat or cat.get("frequency") not in FREQUENCIES:
             raise TinySamError(f"{path}: category without an id and a frequency r, c or f: {str(cat)[:120]}")
     images = {img["id"] for img in data["images"]}
-    for ann in data["annotations"]:
+    for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not ANNOTATION_KEYS <= set(ann) or ann["image_id"] not in images:
             raise TinySamError(f"{path}: annotation without {', '.join(sorted(ANNOTATION_KEYS))} (of a listed image): {str(ann)[:120]}")
+        problem = segmentation_problem(ann["segmentation"])
+        if problem:
+            raise TinySamError(f"{path}: annotations[{i}] (id {ann['id']}): 'segmentation' {problem}")
 
 
 def load_lvis(annotations: str | Path):

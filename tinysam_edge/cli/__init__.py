@@ -6,9 +6,9 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ..errors import TinySamError, error_cause
+from ..errors import Terminated, TinySamError, error_cause
 from . import bench, convert, evaluate, label, live, segment, serve, train, weights
 from .options import Parser
 
@@ -23,10 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
     for group in GROUPS:
         group.register(sub)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every ``finally`` and context manager cleans up (temp files, staged dirs)."""
 
 
 _TERMINATED = threading.Event()
@@ -47,7 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit status: 2 user error, 130 Ctrl-C, 143 SIGTERM, 1 an unexpected error (a bug: its type and
     message are printed; ``TINYSAM_EDGE_DEBUG=1`` shows the traceback).
     """
-    args = build_parser().parse_args(argv)
+    return run_parsed(build_parser().parse_args(argv))
+
+
+def run_script(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = None) -> int:
+    """A demo script's entry point: parse its options and ``run`` them, failing exactly as the CLI does (see ``main``)."""
+    args = parser.parse_args(argv)
+    args.func = run
+    return run_parsed(args)
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run ``args.func(args)`` with SIGTERM raised like Ctrl-C and warnings on one line; the exit status of ``main``."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     _TERMINATED.clear()

@@ -4,23 +4,15 @@ import argparse
 import json
 from pathlib import Path
 
-from ..decoder_graphs import read_manifest
 from ..devices import PRECISIONS
 from ..errors import TinySamError
+from ..everything_settings import LIMITS
 from ..files import write_text
 from ..image import load_image
-from .options import (
-    POSITIVE_INT,
-    THRESHOLDS,
-    add_everything_thresholds,
-    add_overwrite,
-    check_output,
-    check_output_dir,
-    log,
-    refuse_unused,
-    thresholds,
-    torch_side,
-)
+from ..manifest import Manifest
+from .models import torch_side
+from .options import POSITIVE_INT, THRESHOLDS, add_everything_options, add_overwrite, everything_options, number, refuse_unused
+from .outputs import check_output, check_output_dir, log
 
 
 def _outputs(args: argparse.Namespace, stem: str, suffixes: tuple[str, ...] = (".json", ".md")) -> list[Path]:
@@ -52,6 +44,20 @@ def _write_report(outputs: list[Path], report: dict, table: str) -> None:
     write_text(outputs[1], table + "\n")
 
 
+def _local_checkpoint(args: argparse.Namespace) -> str | None:
+    """``--checkpoint``, or None when a model dir was given and the checkpoint is not here (the torch side is then skipped)."""
+    from .. import weights
+
+    if args.model_dir is None or args.decoder is not None:  # exporting, and the decoder bench's MAC counts, need it
+        return args.checkpoint
+    try:
+        weights.resolve_checkpoint(args.checkpoint, download=False)
+    except TinySamError as exc:
+        log(f"note: no torch eager baseline ({exc}); timing the OpenVINO variants only")
+        return None
+    return args.checkpoint
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time torch eager against the OpenVINO variants (and benchmark_app on every IR unless --quick)."""
     _refuse_unused(args)
@@ -62,23 +68,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         outputs = _outputs(args, "bench", (".json", ".md", ".png"))
     if args.int8_dir is not None:
-        read_manifest(args.int8_dir)  # a corrupt --int8-dir stops here, not silently later
+        Manifest.read(args.int8_dir)  # a corrupt --int8-dir stops here, not silently later
     _, export = torch_side("bench")
     from ..quantize.benchmark import pipeline
 
     precisions = tuple(dict.fromkeys(args.precision or ("f32", "bf16")))
     model_dir = args.model_dir or export.cached_model_dir(args.checkpoint, log=log)
-    checkpoint = args.checkpoint
+    checkpoint = _local_checkpoint(args)
     dirs = pipeline.model_dirs(model_dir, args.int8_dir)
     common = {"rounds": args.rounds, "device": args.device, "precisions": precisions, "log": log}
     if args.everything is not None:
-        options = {**thresholds(args), "points_per_batch": args.points_per_batch or 32}
+        options = {**everything_options(args), "points_per_batch": args.points_per_batch or 32}  # 32: docs/benchmarks.md's setting
         report = pipeline.everything_bench(dirs, load_image(args.everything), generator_options=options, **common)
         _write_report(outputs, report, pipeline.format_everything(report))
     elif args.decoder is not None:
-        from ..quantize.benchmark.decoder import format_decoder
+        from ..quantize.benchmark.decoder import decoder_report, format_decoder
 
-        report = pipeline.decoder_report(dirs, checkpoint, load_image(args.decoder), **common)
+        report = decoder_report(dirs, checkpoint, load_image(args.decoder), **common)
         _write_report(outputs, report, format_decoder(report))
     else:
         if args.quick:
@@ -114,7 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="IMAGE",
         help="instead: first / repeated click decoder stage on IMAGE per variant vs the official SAM decoder",
     )
-    p.add_argument("--points-per-batch", type=POSITIVE_INT, help="everything: prompts per decoder call (default: 32)")
-    add_everything_thresholds(p, "everything: ")
+    p.add_argument(
+        "--points-per-batch", type=number(*LIMITS["points_per_batch"]), help="everything: prompts per decoder call (default: 32)"
+    )
+    add_everything_options(p, "everything: ", THRESHOLDS)
     add_overwrite(p)
     p.set_defaults(func=cmd_bench)

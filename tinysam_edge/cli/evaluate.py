@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 from ..files import write_text
 from ..predictor import PredictorBase
-from .options import POSITIVE_INT, add_device_options, add_model_options, add_overwrite, check_output, describe, make_predictor
+from .models import describe, make_predictor
+from .options import POSITIVE_INT, add_device_options, add_model_options, add_overwrite
+from .outputs import check_output
 
 if TYPE_CHECKING:
     from ..quantize.evaluation.coco import Job

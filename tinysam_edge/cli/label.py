@@ -1,22 +1,17 @@
 """``label``: masks for a whole image collection (detector boxes or everything mode), as resumable shards and one COCO file."""
 
 import argparse
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import TinySamError
 from ..files import check_writable
-from .options import (
-    NON_NEGATIVE_INT,
-    POSITIVE_INT,
-    UNIT,
-    add_everything_thresholds,
-    add_model_options,
-    log,
-    model_dir_for,
-    number,
-    thresholds,
-)
+from .models import model_dir_for
+from .options import add_everything_options, add_model_options, everything_settings, number
+from .outputs import check_output, log
 
 if TYPE_CHECKING:
     from ..label.annotate import Task
@@ -33,8 +28,8 @@ def _check(args: argparse.Namespace) -> None:
         raise TinySamError(f"--{given[0].replace('_', '-')} applies to --engine ray")
     if args.resume and args.overwrite:
         raise TinySamError("give --resume (finish the job in --out) or --overwrite (start it again), not both")
-    if args.everything and args.mode == "hierarchical" and args.points_per_side < 4:
-        raise TinySamError("--mode hierarchical needs --points-per-side of at least 4")
+    if args.everything:
+        everything_settings(args)  # refuses a bad combination before any work
     if args.boxes is not None and args.images.suffix.lower() != ".json":
         raise TinySamError(
             "--boxes needs IMAGES as a COCO images JSON: detections name their image by its id, which a folder or list does not carry"
@@ -55,9 +50,8 @@ def _task(args: argparse.Namespace, images: "ImageList") -> tuple["Task", dict[i
         if not detections:
             raise TinySamError(f"no detection in {args.boxes} refers to an image of {args.images} (their image_id must be the images' ids)")
         return Task("boxes"), detections, categories, {"prompt": {"mode": "boxes", "detections_sha256": detections_fingerprint(detections)}}
-    options = {"mode": args.mode, "points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch, **thresholds(args)}
-    options.update(box_nms_thresh=args.box_nms_thresh, min_mask_region_area=args.min_mask_region_area)
-    return Task("everything", options), {}, [OBJECT_CATEGORY], {"prompt": options}
+    settings = everything_settings(args)
+    return Task("everything", settings), {}, [OBJECT_CATEGORY], {"prompt": settings.as_dict()}
 
 
 def _engine(args: argparse.Namespace, task: "Task", detections: dict, model_dir: Path) -> "Engine":
@@ -72,8 +66,8 @@ def _engine(args: argparse.Namespace, task: "Task", detections: dict, model_dir:
     from ..label.annotate import Labeller
     from ..label.local import iter_local
 
-    def make_labeller(num_threads: int | None) -> Labeller:
-        return Labeller(model_dir, task, device=args.device, precision=args.precision, num_threads=num_threads)
+    def make_labeller() -> Labeller:  # one compiled model, a session (and stream) per worker thread
+        return Labeller(model_dir, task, device=args.device, precision=args.precision, sessions=args.workers)
 
     return lambda pending: iter_local(pending, make_labeller, detections, args.workers)
 
@@ -82,10 +76,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     """Label every image of IMAGES into OUT_DIR (shards, annotations.json, errors.jsonl); resumable."""
     from ..label import job as jobs
     from ..label.inputs import read_images
+    from ..label.shards import OUTPUTS
     from ..manifest import Manifest
 
     _check(args)
     check_writable(args.out)  # before any slow work
+    for path in (args.out / name for name in OUTPUTS):  # resume and --overwrite replace these files: never an input
+        check_output(path, True, [args.images, args.boxes], (path.suffix,))
     images = read_images(args.images, args.image_root)
     task, detections, categories, settings = _task(args, images)
     model_dir = model_dir_for(args)
@@ -95,9 +92,31 @@ def cmd_label(args: argparse.Namespace) -> int:
     done = jobs.prepare(job, resume=args.resume, overwrite=args.overwrite)
     todo = len(images.items) - sum(min(args.shard_size, len(images.items) - s * args.shard_size) for s in done)
     log(f"labelling {todo} of {len(images.items)} images ({task.mode}) with --engine {args.engine}, {args.workers} worker(s) -> {args.out}")
-    counts = jobs.run(job, _engine(args, task, detections, model_dir), done)
+    try:
+        counts = jobs.run(job, _engine(args, task, detections, model_dir), done)
+    except KeyboardInterrupt as exc:
+        _interrupted(args.out, exc)
+        raise
     print(jobs.summary_line(args.out, counts))
     return 0
+
+
+def _interrupted(out: Path, exc: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM while labelling: say how to resume, and exit at once if worker threads are still busy.
+
+    The shards on disk are whole (each is written atomically with its checksum). A worker inside an
+    OpenVINO compile or inference cannot be interrupted and Python would wait for it at exit (tens
+    of seconds), so the process ends here with ``os._exit`` once the output is flushed.
+    """
+    from ..errors import Terminated
+    from ..label.shards import SHARD_DIR
+
+    kept = len(list((out / SHARD_DIR).glob("shard-*.sha256")))
+    log(f"tinysam-edge: interrupted; {kept} complete shards kept in {out / SHARD_DIR}: run the same command with --resume to finish")
+    if any(t.name.startswith("label-") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143 if isinstance(exc, Terminated) else 130)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,24 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     prompt.add_argument(
         "--everything", action="store_true", help="everything mode; masks get category 'object' (id 1) and their predicted IoU as score"
     )
-    p.add_argument(
-        "--mode",
-        choices=["hierarchical", "grid"],
-        default="hierarchical",
-        help="everything mode: TinySAM's hierarchical or SAM's grid (default: %(default)s)",
-    )
-    p.add_argument("--points-per-side", type=number(int, 1, 256), default=32, help="everything mode: grid density (default: %(default)s)")
-    p.add_argument(
-        "--points-per-batch", type=POSITIVE_INT, default=64, help="everything mode: prompts per decoder call (default: %(default)s)"
-    )
-    add_everything_thresholds(p, prefix="everything mode: ")
-    p.add_argument("--box-nms-thresh", type=UNIT, default=0.7, help="everything mode (default: %(default)s)")
-    p.add_argument(
-        "--min-mask-region-area",
-        type=NON_NEGATIVE_INT,
-        default=0,
-        help="everything mode: drop islands / fill holes under this (default: off)",
-    )
+    add_everything_options(p, prefix="everything mode: ")
     add_model_options(p, backends=False)
     p.add_argument(
         "--engine",

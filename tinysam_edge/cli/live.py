@@ -3,21 +3,23 @@
 import argparse
 from pathlib import Path
 
-from .options import NON_NEGATIVE_INT, POSITIVE_INT, add_model_options, add_prompt_options, check_output, check_output_dir, make_predictor
+from .models import make_predictor
+from .options import NON_NEGATIVE_INT, POSITIVE_INT, add_model_options, add_prompt_options
+from .outputs import check_output, check_output_dir
 
 
 def cmd_webcam(args: argparse.Namespace) -> int:
     """Live segmentation with persistent prompts: a window, or --headless with scripted prompts."""
-    from .. import live, window
+    from .. import capture, live, overlay, window
 
-    source = Path(args.source) if not args.source.isdigit() and "://" not in args.source else None
+    source = None if capture.is_live(args.source) else Path(args.source)
     for path, suffix in ((args.record, ".mp4"), (args.timings, ".json")):
         check_output(path, args.overwrite, [source], (suffix,))
     if not args.headless:
         window.require_tk()
         check_output_dir(args.snapshot_dir.resolve(), [source])  # resolved: the default "." has no name to probe with
-    frames = live.FrameSource(args.source, reconnect=args.reconnect)
-    prompts = live.PersistentPrompts(args.point, args.box)
+    frames = capture.FrameSource(args.source, reconnect=args.reconnect)
+    prompts = overlay.PersistentPrompts(args.point, args.box)
     view = None if args.headless else window.LiveWindow(prompts, title=f"tinysam-edge {args.source}")
     try:
         predictor = make_predictor(args, **live.PREDICTOR_OPTIONS)

@@ -1,25 +1,18 @@
-"""What every subcommand shares: the one-line-error parser, validated option types, the model options and the output guard."""
+"""The options every subcommand shares: the one-line-error parser, validated option types, model, prompt and everything-mode options."""
 
 import argparse
 import math
-import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import weights
 from ..devices import PRECISIONS
 from ..errors import TinySamError
-from ..files import check_writable
-from ..image import IMAGE_SUFFIXES
+from ..everything_settings import LIMITS, MODES, USER_FIELDS, EverythingSettings
 from ..masks import FLAVOURS
-
-if TYPE_CHECKING:
-    from ..predictor import PredictorBase
 
 
 class Parser(argparse.ArgumentParser):
@@ -133,24 +126,52 @@ def add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
 
 
-#: Everything-mode filter thresholds (SAM's / TinySAM's defaults); the options default to None so a command can tell "given".
-THRESHOLDS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "high_score_thresh": 8.5}
+#: Help of the everything-mode options (``USER_FIELDS``); their types, limits and defaults come from ``EverythingSettings``.
+EVERYTHING_OPTIONS = {
+    "points_per_side": "full grid density (hierarchical: at least 4)",
+    "points_per_batch": "prompts per decoder call",
+    "pred_iou_thresh": "keep masks whose predicted IoU passes",
+    "stability_score_thresh": "keep masks this stable",
+    "high_score_thresh": "hierarchical coverage logit threshold",
+    "box_nms_thresh": "box NMS IoU threshold",
+    "min_mask_region_area": "fill holes / drop islands smaller than this, 0 = off",
+}
+#: The filter thresholds (``bench`` and ``compare`` take only these).
+THRESHOLDS = ("pred_iou_thresh", "stability_score_thresh", "high_score_thresh")
+_FIELD_NAMES = re.compile(r"\b(" + "|".join(USER_FIELDS) + r")\b")
 
 
-def add_everything_thresholds(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """SAM's filter thresholds of the everything mode; ``prefix`` goes in front of each help text."""
-    helps = {
-        "pred_iou_thresh": (number(float), "keep masks whose predicted IoU passes"),
-        "stability_score_thresh": (UNIT, "keep masks this stable, 0..1"),
-        "high_score_thresh": (number(float), "hierarchical coverage logit threshold"),
-    }
-    for name, (kind, text) in helps.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{prefix}{text} (default: {THRESHOLDS[name]})")
+def add_everything_options(parser: argparse.ArgumentParser, prefix: str = "", names: Sequence[str] = USER_FIELDS) -> None:
+    """Everything-mode options (default None, so a command can tell "given"); ``prefix`` goes in front of each help text."""
+    if "mode" in names:
+        parser.add_argument(
+            "--mode", choices=MODES, help=f"{prefix}TinySAM's hierarchical or SAM's grid (default: {EverythingSettings.mode})"
+        )
+    for name in (n for n in names if n != "mode"):
+        kind, low, high = LIMITS[name]
+        default, span = getattr(EverythingSettings, name), f", {low}..{high}" if high is not None else ""
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=number(kind, low, high),
+            help=f"{prefix}{EVERYTHING_OPTIONS[name]}{span} (default: {default})",
+        )
 
 
-def thresholds(args: argparse.Namespace) -> dict[str, float]:
-    """The everything-mode thresholds of ``add_everything_thresholds`` (defaults filled in) as generator keyword arguments."""
-    return {name: default if getattr(args, name) is None else getattr(args, name) for name, default in THRESHOLDS.items()}
+def everything_options(args: argparse.Namespace) -> dict[str, float]:
+    """The everything-mode options a parser has (``mode`` aside), defaults filled in, as generator keyword arguments."""
+    names = [name for name in USER_FIELDS if name != "mode" and hasattr(args, name)]
+    return {name: getattr(EverythingSettings, name) if getattr(args, name) is None else getattr(args, name) for name in names}
+
+
+def everything_settings(args: argparse.Namespace) -> EverythingSettings:
+    """The settings ``add_everything_options`` asked for; options not given keep the defaults. Ranges were checked while parsing."""
+    if args.mode == "grid":
+        refuse_unused(args, ["high_score_thresh"], "by --mode grid (it is the hierarchical coverage threshold)")
+    given = {name: getattr(args, name) for name in USER_FIELDS if getattr(args, name) is not None}
+    try:
+        return EverythingSettings(**given)
+    except ValueError as exc:  # the settings name fields; say the options instead
+        raise TinySamError(_FIELD_NAMES.sub(lambda m: "--" + m[0].replace("_", "-"), str(exc))) from None
 
 
 def refuse_unused(args: argparse.Namespace, names: Sequence[str], reason: str) -> None:
@@ -160,116 +181,3 @@ def refuse_unused(args: argparse.Namespace, names: Sequence[str], reason: str) -
         raise TinySamError(
             f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} ignored {reason}; leave {'it' if len(given) == 1 else 'them'} out"
         )
-
-
-def resolve_path(path: Path | str) -> Path:
-    """``path`` with symlinks resolved; a symlink loop is a one-line TinySamError."""
-    try:
-        return Path(path).resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise TinySamError(f"cannot resolve {path}: {getattr(exc, 'strerror', None) or 'symlink loop'}") from exc
-
-
-def _clashes(target: Path, inputs: Sequence[Path | str | None], holds: bool = False) -> Path | None:
-    """The first input that ``target`` is (symlinks resolved, hard links compared by inode), or with ``holds`` is a folder of."""
-    resolved = resolve_path(target)
-    for source in (Path(p) for p in inputs if p is not None):
-        real = resolve_path(source)
-        if real == resolved or (holds and resolved in real.parents):
-            return source
-        if target.exists() and source.exists() and os.path.samefile(target, source):
-            return source
-    return None
-
-
-def check_output(
-    path: Path | None, overwrite: bool, inputs: Sequence[Path | str | None], suffixes: tuple[str, ...] = IMAGE_SUFFIXES
-) -> None:
-    """Refuse an output file with the wrong type, one that is an input, a folder, not writable, or existing without ``overwrite``.
-
-    Every command calls this on every output file before any slow work; ``--overwrite`` never lets
-    an output replace an input.
-    """
-    if path is None:
-        return
-    if path.suffix.lower() not in suffixes:
-        raise TinySamError(f"{path}: unsupported output type {path.suffix!r}; use one of {', '.join(suffixes)}")
-    clash = _clashes(path, inputs)
-    if clash is not None:
-        raise TinySamError(f"{path} is the input {clash}; refusing to overwrite an input")
-    if path.is_dir():
-        raise TinySamError(f"{path} is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise TinySamError(f"{path} exists; pass --overwrite to replace it")
-    check_writable(path)
-
-
-def check_output_dir(path: Path, inputs: Sequence[Path | str | None], replaced: bool = False) -> None:
-    """Refuse an output folder that is an input, is a file, or cannot be created.
-
-    ``replaced``: the command replaces the folder as a whole (a model dir with ``--overwrite``), so it
-    must not hold an input either. Files written inside a folder are checked with ``check_output``.
-    """
-    clash = _clashes(path, inputs, holds=replaced)
-    if clash is not None:
-        raise TinySamError(f"output folder {path} is or holds the input {clash}; choose another folder")
-    if path.exists() and not path.is_dir():
-        raise TinySamError(f"{path} is a file, not a folder")
-    check_writable(path)
-
-
-def log(message: str) -> None:
-    """Progress and notes go to stderr, results to stdout."""
-    print(message, file=sys.stderr)
-
-
-def describe(predictor: "PredictorBase") -> str:
-    """One line naming the backend, device and precision a predictor runs on."""
-    if hasattr(predictor, "device_used"):
-        return f"OpenVINO on {predictor.device_used}, {predictor.precision_used}"
-    return "torch eager, f32"
-
-
-def torch_side(what: str):
-    """The torch-side ``models`` and ``quantize.export`` modules, or one line saying which extra is missing."""
-    try:
-        from .. import models
-        from ..quantize import export
-    except ImportError as exc:
-        raise TinySamError(f"{what} needs PyTorch ({exc}); install it with: pip install 'tinysam-edge[convert]'") from exc
-    return models, export
-
-
-def model_dir_for(args: argparse.Namespace) -> Path:
-    """``--model-dir``, or ``--checkpoint`` (default weights) exported to IR once into the cache."""
-    if args.model_dir is not None:
-        if args.checkpoint is not None:
-            raise TinySamError("give --checkpoint or --model-dir, not both (a model dir already holds its weights)")
-        if getattr(args, "flavour", None) is not None:
-            raise TinySamError("--flavour applies to --checkpoint; a model dir's flavour is fixed at export (export --flavour)")
-        return args.model_dir
-    _, export = torch_side(f"exporting {args.checkpoint or weights.DEFAULT_WEIGHTS} to OpenVINO IR (or pass --model-dir)")
-    checkpoint = args.checkpoint or weights.DEFAULT_WEIGHTS
-    return export.cached_model_dir(
-        checkpoint, flavour=getattr(args, "flavour", None), trust_pickle=getattr(args, "trust_pickle", False), log=log
-    )
-
-
-def make_predictor(args: argparse.Namespace, **runtime: object) -> "PredictorBase":
-    """The predictor the common model options ask for (exporting a checkpoint to IR once if needed).
-
-    ``runtime``: further ``Predictor`` arguments for the OpenVINO backend (e.g. ``specialized_graphs``).
-    """
-    if getattr(args, "backend", "openvino") == "torch":
-        if args.model_dir is not None:
-            raise TinySamError("--model-dir is an OpenVINO model; use --checkpoint with --backend torch")
-        if args.device.upper() != "CPU" or args.precision is not None:
-            raise TinySamError("--device and --precision choose the OpenVINO runtime; --backend torch runs f32 on the CPU")
-        models, _ = torch_side("the torch backend")
-        sam = models.build_sam(
-            "auto", checkpoint=args.checkpoint or weights.DEFAULT_WEIGHTS, flavour=args.flavour, trust_pickle=args.trust_pickle
-        )
-        return models.TorchPredictor(sam)
-    from ..predictor import Predictor
-
-    return Predictor(model_dir_for(args), device=args.device, precision=args.precision, **runtime)

@@ -9,25 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TinySamError
+from ..files import resolve_path
 from ..image import load_image, save_image
 from ..masks import box_xywh, encode_rle, mask_to_box
 from ..predictor import PredictorBase
-from .options import (
-    NON_NEGATIVE_INT,
-    POSITIVE_INT,
-    UNIT,
-    add_everything_thresholds,
-    add_model_options,
-    add_prompt_options,
-    check_output,
-    check_output_dir,
-    describe,
-    make_predictor,
-    number,
-    refuse_unused,
-    resolve_path,
-    thresholds,
-)
+from .models import describe, make_predictor
+from .options import add_everything_options, add_model_options, add_prompt_options, everything_settings
+from .outputs import check_output, check_output_dir
 
 
 def _ms(timings: dict[str, float]) -> dict[str, float]:
@@ -81,7 +69,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
     else:
-        print(f"score {score:.3f}, area {record['area']} px, bbox {record['bbox']} ({describe(predictor)}); overlay -> {args.out}")
+        x, y, bw, bh = record["bbox"]
+        print(f"score {score:.3f}, area {record['area']} px, bbox x {x} y {y} w {bw} h {bh} ({describe(predictor)}); overlay -> {args.out}")
     return 0
 
 
@@ -141,34 +130,17 @@ def _print_stats(stats: dict) -> None:
 def cmd_everything(args: argparse.Namespace) -> int:
     """Segment everything: overlay PNG, COCO-RLE JSON, counts and timings per stage."""
     from ..files import write_text
-    from ..mask_generator import HierarchicalMaskGenerator, MaskGenerator
+    from ..mask_generator import make_generator
     from ..visualize import draw_masks
 
     overlay_path, json_path = args.out / "overlay.png", args.out / "masks.json"
     check_output_dir(args.out, [args.image, args.model_dir])
     for path in (overlay_path, json_path):
         check_output(path, args.overwrite, [args.image], (path.suffix,))
-    if args.mode == "grid":
-        refuse_unused(args, ["high_score_thresh"], "by --mode grid (it is the hierarchical coverage threshold)")
-    options = dict(
-        points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch,
-        box_nms_thresh=args.box_nms_thresh,
-        min_mask_region_area=args.min_mask_region_area,
-        output_mode="binary_mask",
-        progress=True,
-        **thresholds(args),
-    )
-    if args.mode == "hierarchical":
-        if args.points_per_side < HierarchicalMaskGenerator.min_points_per_side:
-            raise TinySamError(
-                f"--mode hierarchical needs --points-per-side >= {HierarchicalMaskGenerator.min_points_per_side}, got {args.points_per_side}"
-            )
-    else:
-        options.pop("high_score_thresh")
+    settings = everything_settings(args)
     image = load_image(args.image)
     predictor = make_predictor(args)
-    generator = (HierarchicalMaskGenerator if args.mode == "hierarchical" else MaskGenerator)(predictor, **options)
+    generator = make_generator(predictor, settings, progress=True)
     start = time.perf_counter()
     records = generator.generate(image)
     total = time.perf_counter() - start
@@ -177,8 +149,15 @@ def cmd_everything(args: argparse.Namespace) -> int:
         record["segmentation"] = encode_rle(record["segmentation"])
     save_image(overlay_path, draw_masks(image, masks), overwrite=args.overwrite)
     write_text(json_path, json.dumps(records) + "\n")
-    print(f"{args.image} ({image.shape[1]}x{image.shape[0]}), {args.mode} on {describe(predictor)}: {len(records)} masks in {total:.2f} s")
+    print(
+        f"{args.image} ({image.shape[1]}x{image.shape[0]}), {settings.mode} on {describe(predictor)}: {len(records)} masks in {total:.2f} s"
+    )
     _print_stats(generator.stats)
+    if not records:
+        print(
+            f"  no mask passed --pred-iou-thresh {settings.pred_iou_thresh:g} and --stability-score-thresh {settings.stability_score_thresh:g}:"
+            " lower them (untrained or random weights predict low IoUs)"
+        )
     print(f"overlay -> {overlay_path}, masks (COCO RLE) -> {json_path}")
     return 0
 
@@ -203,18 +182,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("everything", help="segment everything: hierarchical (TinySAM) or point-grid (SAM) mode")
     p.add_argument("image", type=Path, help="input image file")
     p.add_argument("--out", type=Path, required=True, help="folder for overlay.png and masks.json")
-    p.add_argument("--mode", choices=["hierarchical", "grid"], default="hierarchical", help="(default: %(default)s)")
-    p.add_argument(
-        "--points-per-side",
-        type=number(int, 1, 256),
-        default=32,
-        help="full grid density, 1..256 (hierarchical: at least 4) (default: %(default)s)",
-    )
-    p.add_argument("--points-per-batch", type=POSITIVE_INT, default=64, help="prompts per decoder call (default: %(default)s)")
-    add_everything_thresholds(p)
-    p.add_argument("--box-nms-thresh", type=UNIT, default=0.7, help="(default: %(default)s)")
-    p.add_argument(
-        "--min-mask-region-area", type=NON_NEGATIVE_INT, default=0, help="fill holes / drop islands smaller than this (default: off)"
-    )
+    add_everything_options(p)
     add_model_options(p)
     p.set_defaults(func=cmd_everything)

@@ -4,12 +4,18 @@ import argparse
 import ipaddress
 import os
 import socket
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import TinySamError
-from .options import NON_NEGATIVE_INT, POSITIVE_INT, add_device_options, log, number
+from .options import NON_NEGATIVE_INT, POSITIVE_INT, add_device_options, number
+from .outputs import log
 
 API_KEY_ENV = "TINYSAM_EDGE_API_KEY"
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def is_loopback(host: str) -> bool:
@@ -37,9 +43,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
+        from ..serve.connections import ConnectionLimits, GuardedH11Protocol
+    except ImportError as exc:
+        raise TinySamError(f"serve needs the [serve] extra ({exc}); install it with: pip install 'tinysam-edge[serve]'") from None
+    app, api_key = build_app(args)
+    check_port(args.host, args.port)
+    # the decode threads parse multipart bodies in Python: hand the GIL back to the event loop every 1 ms, not 5 ms,
+    # so health checks and admission answer within the latency the deploy page promises during an upload flood
+    sys.setswitchinterval(0.001)
+    log(f"tinysam-edge serve: http://{args.host}:{args.port}/ ({'API key required' if api_key else 'no API key: loopback only'})")
+    # the protocol bounds connections and header time (uvicorn's limit_concurrency would 503 health checks); the engine bounds jobs
+    limits = ConnectionLimits(args.max_connections, args.max_client_connections, args.read_timeout)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=GuardedH11Protocol.configured(limits),
+        ws="none",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,  # open MJPEG streams must not hold a shutdown forever
+    )
+    return 0
+
+
+def build_app(args: argparse.Namespace) -> "tuple[FastAPI, str | None]":
+    """The app ``serve``'s options describe, and its API key; every option is checked here, before a model loads."""
+    try:
         from ..serve.app import Settings, create_app
     except ImportError as exc:
         raise TinySamError(f"serve needs the [serve] extra ({exc}); install it with: pip install 'tinysam-edge[serve]'") from None
+    from ..capture import open_source
     from ..devices import check_device, shared_core
     from ..manifest import Manifest
     from ..predictor import Predictor
@@ -49,14 +83,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TinySamError(
             "the API key must be at least 16 characters (e.g. from: python -c 'import secrets; print(secrets.token_urlsafe())')"
         )
+    if args.body_memory_mb < args.max_upload_mb:
+        raise TinySamError(
+            f"--body-memory-mb {args.body_memory_mb} is below --max-upload-mb {args.max_upload_mb}: no upload could be received"
+        )
     if not is_loopback(args.host) and api_key is None:
         raise TinySamError(f"refusing to listen on {args.host} without an API key: pass --api-key or set {API_KEY_ENV} (or bind 127.0.0.1)")
     Manifest.read(args.model_dir)  # a missing or broken model dir or an absent device fails here, not on the first request
     check_device(shared_core(), args.device)
-    check_port(args.host, args.port)
-    if args.source is not None and not args.source.isdigit() and "://" not in args.source and not Path(args.source).is_file():
-        raise TinySamError(f"--source {args.source!r} is neither a camera index nor a video file")
-    threads = max(1, (os.cpu_count() or 1) // args.concurrency) if args.concurrency > 1 else None
+    if args.source is not None:
+        open_source(args.source).release()  # as webcam does: a file that is not a video is refused here, not on a thread
     settings = Settings(
         concurrency=args.concurrency,
         queue_size=args.queue,
@@ -67,20 +103,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache_images=args.cache_images,
         cache_bytes=args.cache_mb * 1024 * 1024,
         live_source=args.source,
+        read_timeout_s=args.read_timeout,
+        body_budget_bytes=args.body_memory_mb * 1024 * 1024,
     )
-    app = create_app(lambda: Predictor(args.model_dir, device=args.device, precision=args.precision, num_threads=threads), settings)
-    log(f"tinysam-edge serve: http://{args.host}:{args.port}/ ({'API key required' if api_key else 'no API key: loopback only'})")
-    # limit_concurrency bounds open connections (uvicorn answers 503 past it); the engine's queue bounds inference jobs
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_keep_alive=5,
-        limit_concurrency=args.max_connections,
-        timeout_graceful_shutdown=10,  # open MJPEG streams must not hold a shutdown forever
-    )
-    return 0
+    # one compiled model for the workers and the live view, a stream for each (load_model shares it between the predictors)
+    sessions = args.concurrency + (args.source is not None)
+    app = create_app(lambda: Predictor(args.model_dir, device=args.device, precision=args.precision, sessions=sessions), settings)
+    return app, api_key
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,15 +145,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="largest upload, width x height, checked before decoding (default: %(default)s)",
     )
     p.add_argument("--max-upload-mb", type=number(int, 1, 1024), default=32, help="largest request body in MiB (default: %(default)s)")
-    p.add_argument("--cache-images", type=POSITIVE_INT, default=32, help="images whose embeddings are kept (LRU) (default: %(default)s)")
-    p.add_argument(
-        "--cache-mb", type=POSITIVE_INT, default=1024, help="memory for kept embeddings and decoder state, MiB (default: %(default)s)"
-    )
-    p.add_argument(
-        "--max-connections", type=POSITIVE_INT, default=64, help="open connections before uvicorn answers 503 (default: %(default)s)"
-    )
+    _add_limits(p)
     p.add_argument(
         "--source", help="camera index or video file to segment live at /v1/live.mjpg, with prompts set from the page (a file loops)"
     )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info", help="(default: %(default)s)")
     p.set_defaults(func=cmd_serve)
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """The bounds on memory and connections (slow, heavy and many clients)."""
+    p.add_argument("--cache-images", type=POSITIVE_INT, default=32, help="images whose embeddings are kept (LRU) (default: %(default)s)")
+    p.add_argument(
+        "--cache-mb", type=POSITIVE_INT, default=1024, help="memory for kept embeddings and decoder state, MiB (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=POSITIVE_INT,
+        default=64,
+        help="open connections; past it the oldest one still sending its request header is closed, else 503 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-client-connections",
+        type=POSITIVE_INT,
+        default=8,
+        help="open connections from one client address; more get 503 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=number(float, 0.5, 300),
+        default=5.0,
+        help="seconds a client may take to send a request header, and to send the next part of a body (default: %(default)s)",
+    )
+    p.add_argument(
+        "--body-memory-mb",
+        type=number(int, 1, 1 << 16),
+        default=256,
+        help="memory for request bodies being received and decoded, MiB; past it 503 (default: %(default)s)",
+    )

@@ -1,11 +1,14 @@
 """``train``: distil a TinySAM student from a SAM teacher (the ``[train]`` extra)."""
 
 import argparse
+import json
 import re
 from pathlib import Path
 
 from ..errors import TinySamError
-from .options import POSITIVE_INT, check_output_dir, log, number
+from ..files import write_text
+from .options import POSITIVE_INT, number
+from .outputs import check_output_dir, log
 
 
 def _training():
@@ -37,7 +40,8 @@ def cmd_train_cache(args: argparse.Namespace) -> int:
     else:
         if args.ray_address is not None:
             raise TinySamError("--ray-address needs --engine ray")
-        cache = _training().cache_teacher(args.teacher, str(args.images), str(args.out), args.annotations, device=args.device, **common)
+        local = {"device": args.device, "batch_size": args.batch_size, "num_workers": args.loader_workers}
+        cache = _training().cache_teacher(args.teacher, str(args.images), str(args.out), args.annotations, **local, **common)
     print(f"teacher embeddings of {cache.meta.checkpoint} in {cache.root}")
     return 0
 
@@ -51,8 +55,20 @@ def cmd_train_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_bench(args: argparse.Namespace) -> int:
+    """Time real training steps of a config and print where the time goes."""
+    training = _training()
+    from ..models.training.bench import format_bench, run_bench
+
+    result = run_bench(training.read_config(args.config, args.set), args.steps, args.warmup, log=log)
+    print(format_bench(result))
+    if args.json is not None:
+        write_text(args.json, json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train cache-teacher`` and ``train distill``."""
+    """Add ``train cache-teacher``, ``train distill`` and ``train bench``."""
     from .options import Parser
 
     p = sub.add_parser("train", help="distill a TinySAM student from a SAM teacher (PyTorch, CUDA or CPU)")
@@ -73,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype (default: bf16 on CUDA, off on CPU)"
     )
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="local: images per batch (each with its flip) (default: %(default)s)")
+    p.add_argument(
+        "--loader-workers", type=number(int, 0, 256), default=4, help="local: processes that read images ahead (default: %(default)s)"
+    )
     p.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="local: this process; ray: CPU actors on Ray (default: %(default)s)"
     )
@@ -90,3 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value; repeatable")
     p.add_argument("--resume", action="store_true", help="continue the run in run.out from its last checkpoint")
     p.set_defaults(func=cmd_train_distill)
+    p = tsub.add_parser("bench", help="time real training steps of a config: images/s, step split, device busy, memory, syncs")
+    p.add_argument("--config", type=Path, required=True, help="config file (.toml, or .yaml with PyYAML)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value; repeatable")
+    p.add_argument("--steps", type=POSITIVE_INT, default=10, help="measured steps (default: %(default)s)")
+    p.add_argument("--warmup", type=number(int, 0, 10_000), default=2, help="steps run before measuring (default: %(default)s)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_train_bench)

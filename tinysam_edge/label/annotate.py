@@ -5,21 +5,21 @@ Every engine labels through ``Labeller``, so local and Ray jobs write the same b
 one-pixel mask is 1 x 1), the convention COCO tools, CVAT and Label Studio expect.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..amg import stability_score
 from ..devices import device_family
 from ..errors import TinySamError
+from ..everything_settings import EverythingSettings
 from ..image import load_image
-from ..mask_generator import UPSCALE_BUDGET_PIXELS
+from ..mask_generator import UPSCALE_BUDGET_PIXELS, make_generator
 from ..masks import MASK_THRESHOLD, box_xywh, encode_rle, mask_to_box
 from .inputs import OBJECT_CATEGORY
 
-#: SAM's stability offset: the IoU of the masks thresholded at logit +1 and -1.
-STABILITY_OFFSET = 1.0
 #: Box prompts per decoder call (fewer on images too large for that many full-size logits).
 BOX_BATCH = 32
 #: What a bad image raises while it is read or labelled; anything else stops the job (it can be resumed).
@@ -28,10 +28,14 @@ IMAGE_ERRORS = (TinySamError, ValueError, OSError, cv2.error)
 
 @dataclass(frozen=True)
 class Task:
-    """What to prompt: ``"boxes"`` (detections per image id) or ``"everything"`` (generator settings)."""
+    """What to prompt: ``"boxes"`` (detections per image id) or ``"everything"`` (with its generator settings)."""
 
     mode: str
-    everything: dict = field(default_factory=dict)
+    everything: EverythingSettings | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.everything, dict):  # as Ray ships it (``asdict``)
+            object.__setattr__(self, "everything", EverythingSettings(**self.everything))
 
 
 def annotation(mask: np.ndarray, category_id: int, score: float, predicted_iou: float, stability: float, prompt: dict) -> dict:
@@ -48,60 +52,61 @@ def annotation(mask: np.ndarray, category_id: int, score: float, predicted_iou: 
     }
 
 
-def stability_scores(logits: np.ndarray) -> np.ndarray:
-    """(C, H, W) logits -> (C,) SAM stability: IoU of the masks at ``MASK_THRESHOLD`` +/- ``STABILITY_OFFSET``."""
-    inner = np.count_nonzero(logits > MASK_THRESHOLD + STABILITY_OFFSET, axis=(1, 2))
-    outer = np.count_nonzero(logits > MASK_THRESHOLD - STABILITY_OFFSET, axis=(1, 2))
-    return np.divide(inner, outer, out=np.zeros(len(logits)), where=outer > 0)
-
-
 class Labeller:
     """A predictor (and everything-mode generator) that turns decoded images into shard lines. One per thread or actor."""
 
     def __init__(
-        self, model_dir: str | Path, task: Task, device: str = "CPU", precision: str | None = None, num_threads: int | None = None
+        self,
+        model_dir: str | Path,
+        task: Task,
+        device: str = "CPU",
+        precision: str | None = None,
+        num_threads: int | None = None,
+        sessions: int = 1,
     ) -> None:
         from ..predictor import Predictor
 
         self.task = task
         threads = num_threads if device_family(device) == "CPU" else None  # other devices schedule themselves
-        self.predictor = Predictor(model_dir, device=device, precision=precision, num_threads=threads)
-        self.generator = None
-        if task.mode == "everything":
-            from ..mask_generator import HierarchicalMaskGenerator, MaskGenerator
-
-            options = dict(task.everything)
-            if options.pop("mode") == "hierarchical":
-                self.generator = HierarchicalMaskGenerator(self.predictor, **options)
-            else:
-                options.pop("high_score_thresh", None)
-                self.generator = MaskGenerator(self.predictor, **options)
+        # the labellers of one process share one compiled model, with a stream for each of its ``sessions``
+        self.predictor = Predictor(model_dir, device=device, precision=precision, num_threads=threads, sessions=sessions)
+        self.generator = make_generator(self.predictor, task.everything) if task.mode == "everything" else None
 
     def line(self, head: dict, image: np.ndarray | None, detections: list[dict] | None = None, error: str | None = None) -> dict:
-        """The shard line of one image: ``head`` (index, image_id, file_name) plus size and annotations, or the error."""
+        """The shard line of one image: ``head`` (index, image_id, file_name) plus size and annotations, or the error.
+
+        Detector boxes that are empty inside the image are listed under ``dropped_boxes`` (as given), not prompted.
+        """
         if error is None:
             try:
-                annotations = self._boxes(image, detections or []) if self.task.mode == "boxes" else self._everything(image)
-                return {**head, "height": int(image.shape[0]), "width": int(image.shape[1]), "annotations": annotations}
+                annotations, dropped = self._boxes(image, detections or []) if self.task.mode == "boxes" else (self._everything(image), [])
+                size = {"height": int(image.shape[0]), "width": int(image.shape[1])}
+                return {**head, **size, "annotations": annotations, **({"dropped_boxes": dropped} if dropped else {})}
             except IMAGE_ERRORS as exc:
                 error = f"{type(exc).__name__}: {exc}"
         return {**head, "error": error}
 
-    def _boxes(self, image: np.ndarray, detections: list[dict]) -> list[dict]:
+    def _boxes(self, image: np.ndarray, detections: list[dict]) -> tuple[list[dict], list[list[float]]]:
+        """Masks of the boxes clipped to the image, and the boxes dropped because nothing of them is inside it."""
+        h, w = image.shape[:2]
+        corners = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (d["bbox"] for d in detections)], dtype=np.float64)
+        clipped = np.clip(corners.reshape(-1, 4), 0, [w, h, w, h])
+        inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])  # a zero-size box would prompt a full-image mask
+        dropped = [d["bbox"] for d, keep in zip(detections, inside) if not keep]
+        detections, all_boxes = [d for d, keep in zip(detections, inside) if keep], clipped[inside]
+        if not detections:
+            return [], dropped
         self.predictor.set_image(image)
-        h, w = self.predictor.original_size
         out, step = [], max(1, min(BOX_BATCH, UPSCALE_BUDGET_PIXELS // (h * w)))  # bounds the full-size logits held at once
         for start in range(0, len(detections), step):
-            chunk = detections[start : start + step]
-            boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (d["bbox"] for d in chunk)], dtype=np.float64)
-            boxes = np.clip(boxes, 0, [w, h, w, h])
-            boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+            chunk, boxes = detections[start : start + step], all_boxes[start : start + step]
             low_res, iou = self.predictor.decode_batch(boxes=boxes, multimask_output=False)
             logits = self.predictor.upscale(low_res[:, 0])
-            for det, box, mask_logits, score, stability in zip(chunk, boxes, logits, iou[:, 0], stability_scores(logits)):
+            stability = stability_score(logits, EverythingSettings.stability_score_offset)  # SAM's offset, as everything mode
+            for det, box, mask_logits, score, stable in zip(chunk, boxes, logits, iou[:, 0], stability):
                 prompt = {"box": box_xywh(np.round(box))}
-                out.append(annotation(mask_logits > MASK_THRESHOLD, det["category_id"], det["score"], score, stability, prompt))
-        return out
+                out.append(annotation(mask_logits > MASK_THRESHOLD, det["category_id"], det["score"], score, stable, prompt))
+        return out, dropped
 
     def _everything(self, image: np.ndarray) -> list[dict]:
         records = self.generator.generate(image)

@@ -23,6 +23,28 @@ class ImageItem:
     image_id: int
     path: Path
     file_name: str
+    #: Why the image is not labelled whatever its content (a name that is not valid UTF-8), else None.
+    error: str | None = None
+
+
+def image_item(index: int, image_id: int, path: Path, file_name: str) -> ImageItem:
+    """An ImageItem; one whose name is not valid UTF-8 fails with one error line, its name shown with backslash escapes.
+
+    Such names come from the filesystem (undecodable bytes, as ``os.fsdecode`` escapes them) or from
+    JSON (a lone surrogate such as ``"\\udce9"``); they cannot be written into the UTF-8 output files.
+    """
+    try:
+        file_name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = file_name.encode("utf-8", "surrogateescape" if _fs_bytes(file_name) else "backslashreplace")
+        name = shown.decode("utf-8", "backslashreplace")
+        return ImageItem(index, image_id, path, name, f"the file name {name!r} is not valid UTF-8; rename the file to label it")
+    return ImageItem(index, image_id, path, file_name)
+
+
+def _fs_bytes(name: str) -> bool:
+    """True if every surrogate in ``name`` is an undecodable filesystem byte (``os.fsdecode``'s surrogateescape)."""
+    return all(0xDC80 <= ord(c) <= 0xDCFF for c in name if 0xD800 <= ord(c) <= 0xDFFF)
 
 
 @dataclass
@@ -51,7 +73,7 @@ def read_images(spec: Path, image_root: Path | None = None) -> ImageList:
     if spec.is_dir():
         root = spec
         files = sorted(p for p in spec.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p.relative_to(spec)))
-        items = [ImageItem(i, i + 1, p, p.relative_to(root).as_posix()) for i, p in enumerate(files)]
+        items = [image_item(i, i + 1, p, p.relative_to(root).as_posix()) for i, p in enumerate(files)]
         images = ImageList(items, [])
     elif not spec.is_file():
         raise TinySamError(f"IMAGES not found: {spec} (a folder, a text file of paths, or a COCO images JSON)")
@@ -74,7 +96,7 @@ def _from_text(spec: Path) -> ImageList:
     except UnicodeDecodeError as exc:
         raise TinySamError(f"{spec} is not a text file of image paths ({exc})") from exc
     names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    items = [ImageItem(i, i + 1, spec.parent / name, name) for i, name in enumerate(names)]
+    items = [image_item(i, i + 1, spec.parent / name, name) for i, name in enumerate(names)]
     return ImageList(items, [])
 
 
@@ -90,7 +112,7 @@ def _from_coco(spec: Path, root: Path) -> ImageList:
     if len(set(ids)) != len(ids):
         raise TinySamError(f"{spec}: image ids are not unique")
     ordered = sorted(images, key=lambda image: image["id"])
-    items = [ImageItem(i, image["id"], root / image["file_name"], image["file_name"]) for i, image in enumerate(ordered)]
+    items = [image_item(i, image["id"], root / image["file_name"], image["file_name"]) for i, image in enumerate(ordered)]
     categories = data.get("categories") or []
     if not isinstance(categories, list) or not all(isinstance(c, dict) and isinstance(c.get("id"), int) for c in categories):
         raise TinySamError(f"{spec}: 'categories' must be a list of objects with an integer 'id'")

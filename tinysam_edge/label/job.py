@@ -1,6 +1,8 @@
 """One labelling job from start (or resume) to merged output, whichever engine labels the images."""
 
+import itertools
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from ..coco import read_json
 from ..errors import TinySamError
 from ..files import write_text
 from .inputs import ImageItem, ImageList
+from .local import head
 from .shards import JOB_FILE, SHARD_DIR, ShardWriter, complete_shards, merge, remove_outputs, remove_partial, shard_count, shard_indices
 
 #: An engine: the pending images -> their shard lines, in any order.
@@ -28,6 +31,8 @@ class Job:
     categories: list[dict]
     shard_size: int
     settings: dict = field(default_factory=dict)
+    #: Shard files a resume found damaged (deleted, to be redone), one note each; set by ``prepare``.
+    damaged: list[str] = field(default_factory=list)
 
     def manifest(self) -> dict:
         return {
@@ -66,7 +71,10 @@ def prepare(job: Job, resume: bool, overwrite: bool) -> set[int]:
                 f"cannot resume {job.out}: {', '.join(changed)} differ from the job it holds "
                 "(use the same inputs and options, or --overwrite)"
             )
-        return complete_shards(job.out, len(job.images.items), job.shard_size)
+        done, job.damaged = complete_shards(job.out, job.images.items, job.shard_size)
+        for note in job.damaged:
+            print(f"note: redoing {note}", file=sys.stderr)
+        return done
     write_text(path, json.dumps(manifest, indent=2) + "\n")
     return set()
 
@@ -81,11 +89,13 @@ def run(job: Job, engine: Engine, done: set[int], progress: bool = True) -> dict
         for item in _shard_items(items, job.shard_size, shard)
     ]
     writer = ShardWriter(job.out, len(items), job.shard_size)
-    counts = {"done": 0, "skipped": len(items) - len(pending), "failed_now": 0, "masks_now": 0}
+    counts = {"done": 0, "skipped": len(items) - len(pending), "failed_now": 0, "masks_now": 0, "redone_shards": len(job.damaged)}
     start = time.perf_counter()
+    unnamed = [{**head(item), "error": item.error} for item in pending if item.error]  # no engine sees a name it cannot write
+    readable = [item for item in pending if not item.error]
     with tqdm(total=len(items), initial=counts["skipped"], unit="image", desc="labelling", disable=not progress, smoothing=0.1) as bar:
         if pending:
-            for line in engine(pending):
+            for line in itertools.chain(unnamed, engine(readable) if readable else ()):
                 writer.add(line)
                 counts["done"] += 1
                 counts["failed_now"] += "error" in line
@@ -107,9 +117,11 @@ def _shard_items(items: list[ImageItem], shard_size: int, shard: int) -> list[Im
 
 def summary_line(out: Path, counts: dict) -> str:
     """The summary printed at the end of a job."""
+    redone = f", redid {counts['redone_shards']} damaged shards" if counts.get("redone_shards") else ""
+    dropped = f", {counts['dropped_boxes']} boxes dropped (empty inside their image)" if counts.get("dropped_boxes") else ""
     return (
         f"done {counts['done']} images this run ({counts['images_per_second']:.2f} images/s, {counts['masks_now']} masks), "
-        f"skipped {counts['skipped']} already labelled, failed {counts['failed_now']} this run; "
-        f"{out / 'annotations.json'}: {counts['labelled']} images, {counts['annotations']} annotations; "
+        f"skipped {counts['skipped']} already labelled, failed {counts['failed_now']} this run{redone}; "
+        f"{out / 'annotations.json'}: {counts['labelled']} images, {counts['annotations']} annotations{dropped}; "
         f"{out / 'errors.jsonl'}: {counts['failed']} images"
     )

@@ -1,14 +1,12 @@
 """``--engine ray``: a Ray Data pipeline. Tasks read and decode the images; an actor pool (``map_batches`` with
 ``LabelActor``, one OpenVINO predictor each) labels them; the driver writes the shards.
 
-This is the only module that imports ray, and only inside its functions, so the runtime and the local
-engine work without the ``[scale]`` extra.
+Ray is imported only inside its functions (through ``tinysam_edge.ray_utils``, shared with training's
+teacher cache), so the runtime and the local engine work without the ``[scale]`` extra.
 """
 
 import json
-import logging
 import math
-import os
 import shutil
 import tempfile
 import weakref
@@ -20,23 +18,13 @@ import numpy as np
 
 from ..errors import TinySamError
 from ..manifest import MANIFEST_FILE
+from ..ray_utils import import_ray, init_ray
 from .annotate import Labeller, Task, decode
 from .inputs import ImageItem
 from .local import head
 
 #: Logical CPUs a decode task asks for (they are short; several run beside each actor).
 DECODE_CPUS = 0.25
-
-
-def import_ray():
-    # our progress bar and summary replace Ray Data's per-dataset notes (RAY_DATA_LOG_LEVEL=INFO brings them back)
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
-    try:
-        import ray
-        import ray.data  # configures its logging from the variable above
-    except ImportError as exc:
-        raise TinySamError(f"--engine ray needs Ray ({exc}); install it with: pip install 'tinysam-edge[scale]'") from exc
-    return ray
 
 
 def pack_model_dir(model_dir: Path) -> dict[str, bytes]:
@@ -84,17 +72,6 @@ class LabelActor:
             line = self.labeller.line(head(item), image, json.loads(str(batch["detections"][i])), error)
             lines.append(json.dumps(line, separators=(",", ":")))
         return {"line": np.array(lines, dtype=object)}
-
-
-def init_ray(ray, address: str | None, cpus: float) -> bool:
-    """Connect to ``address`` or start a local Ray with at least ``cpus`` logical CPUs; True if this call started it."""
-    if ray.is_initialized():
-        return False
-    options = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    if address is None:
-        options["num_cpus"] = max(os.cpu_count() or 1, math.ceil(cpus))
-    ray.init(address=address, **options)
-    return True
 
 
 def iter_ray(

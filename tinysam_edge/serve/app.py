@@ -1,5 +1,6 @@
 """The FastAPI app of ``tinysam-edge serve``: JSON routes over an ``Engine`` of predictors and an ``ImageCache``."""
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -8,11 +9,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,16 +21,20 @@ from ..predictor import ImageSnapshot, PredictorBase
 from . import jobs
 from .engine import Engine
 from .errors import ApiError
+from .intake import Intake
 from .live import BOUNDARY, LiveFeed
 from .metrics import Metrics
 from .schema import parse_everything, parse_prompts
 from .state import ImageCache
-from .uploads import decode_image, parse_json
+from .uploads import parse_json, read_upload
 
+T = TypeVar("T")
 LOG = logging.getLogger("tinysam_edge.serve")
 _ID_ROUTE = re.compile(r"^/v1/images/[^/]+/")
 #: Answered without the API key: liveness, readiness and the static page (which holds no data).
 _OPEN_PATHS = ("/", "/app.js", "/healthz", "/readyz")
+#: Largest JSON body (a predict body with the most points is a few kB).
+MAX_JSON_BYTES = 1 << 20
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -51,10 +56,13 @@ class Settings:
     cache_images: int = 32
     cache_bytes: int = 1024 * 1024 * 1024
     live_source: str | None = None
+    read_timeout_s: float = 5.0
+    body_budget_bytes: int = 256 * 1024 * 1024
+    decode_threads: int = 2
 
 
 class Guard:
-    """ASGI middleware: API key, request body limit, security headers and per-route request metrics."""
+    """ASGI middleware: API key, request body limit and read timeout, security headers and per-route request metrics."""
 
     def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
         self.app, self.settings, self.metrics = app, settings, metrics
@@ -86,7 +94,8 @@ class Guard:
         headers = dict(scope["headers"])
         key = self.settings.api_key
         if key and scope["path"] not in _OPEN_PATHS:
-            given = headers.get(b"x-api-key", b"") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            given = headers.get(b"x-api-key", b"") or (token.strip() if scheme.lower() == b"bearer" else b"")
             if not hmac.compare_digest(given, key.encode()):
                 return ApiError(
                     401,
@@ -99,10 +108,19 @@ class Guard:
         return None
 
     def _limited(self, receive: Receive) -> Receive:
-        received = [0]
+        """``receive`` that refuses a body over the limit (413) and a client that sends none of it for ``read_timeout_s`` (408)."""
+        received, done = [0], [False]
 
         async def limited() -> Message:
-            message = await receive()
+            if done[0]:  # the body is in; now only a disconnect can come, whenever
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.settings.read_timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(
+                    408, f"request body stalled: nothing received for {self.settings.read_timeout_s:g} s", {"Connection": "close"}
+                ) from None
+            done[0] = not message.get("more_body", False)
             received[0] += len(message.get("body", b""))
             if received[0] > self.settings.max_upload_bytes:
                 raise ApiError(413, f"request body over {self.settings.max_upload_bytes} bytes")
@@ -136,18 +154,10 @@ _KNOWN_ROUTES = {
 } | {f"/v1/images/{{id}}/{name}" for name in ("predict", "everything")}
 
 
-async def _upload(request: Request, settings: Settings) -> tuple[np.ndarray, dict]:
-    """The decoded ``image`` file of a multipart request, and its other (text) fields."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(415, "send multipart/form-data with the image file in a field named 'image'")
-    form = await request.form(max_files=1, max_fields=4)
-    upload = form.get("image")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "no file in the multipart field 'image'")
-    image = decode_image(await upload.read(), settings.max_image_pixels)
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    await form.close()
-    return image, fields
+def _read_segment(body: bytearray, content_type: str, max_pixels: int) -> tuple[np.ndarray, dict]:
+    """A /v1/segment upload: its decoded image and the JSON object of its ``prompts`` field."""
+    image, fields = read_upload(body, content_type, max_pixels)
+    return image, parse_json(fields.get("prompts", ""))
 
 
 def _static(name: str, media_type: str) -> Response:
@@ -157,8 +167,11 @@ def _static(name: str, media_type: str) -> Response:
 class Api:
     """The routes of one server, over its engine, cache and metrics."""
 
-    def __init__(self, engine: Engine, cache: ImageCache, metrics: Metrics, settings: Settings, live: LiveFeed | None) -> None:
-        self.engine, self.cache, self.metrics, self.settings, self.live = engine, cache, metrics, settings, live
+    def __init__(
+        self, engine: Engine, intake: Intake, cache: ImageCache, metrics: Metrics, settings: Settings, live: LiveFeed | None
+    ) -> None:
+        self.engine, self.intake, self.cache, self.metrics, self.settings = engine, intake, cache, metrics, settings
+        self.live = live
 
     def register(self, app: FastAPI) -> None:
         """Add every route to ``app``."""
@@ -172,7 +185,7 @@ class Api:
             ("/v1/live/frame.jpg", self.live_frame),
             ("/v1/live.mjpg", self.live_stream),
         ):
-            app.add_api_route(path, endpoint, methods=["GET"])
+            app.add_api_route(path, endpoint, methods=["GET", "HEAD"])
         for path, endpoint in (
             ("/v1/live/prompts", self.live_prompts),
             ("/v1/images", self.add_image),
@@ -214,12 +227,41 @@ class Api:
         number, jpeg = self._live().latest()
         return Response(jpeg, media_type="image/jpeg", headers={"X-Frame-Number": str(number), "Cache-Control": "no-store"})
 
-    async def live_stream(self) -> StreamingResponse:
+    async def live_stream(self, request: Request) -> Response:
         self._live().latest()  # 503 before the first frame, not a broken stream
+        if request.method == "HEAD":
+            return Response(media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         return StreamingResponse(self.live.mjpeg(), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}")
 
     async def live_prompts(self, request: Request) -> dict:
-        return self._live().set_prompts(parse_json(await request.body()))
+        live = self._live()
+        return live.set_prompts(await self._receive(request, None, MAX_JSON_BYTES, parse_json))
+
+    async def _receive(
+        self, request: Request, admitted: contextlib.AsyncExitStack | None, limit: int, parse: Callable[..., T], *args: object
+    ) -> T:
+        """``parse(body, *args)`` on a parser thread, once the whole body has arrived (at most ``limit`` bytes).
+
+        With ``admitted``, the request first needs a free place in the engine's queue (503 before its body is
+        read) and takes one after its body arrived, held until ``admitted`` closes: an upload refused with 503 is
+        never decoded, and one whose body is still arriving holds no place.
+        """
+        if admitted is not None:
+            self.engine.check_free()
+        async with self.intake.body(request, limit) as body:
+            if admitted is not None:
+                await admitted.enter_async_context(self.engine.admission())
+            return await self.intake.run(parse, body, *args)
+
+    async def _json(self, request: Request, admitted: contextlib.AsyncExitStack) -> dict:
+        return await self._receive(request, admitted, MAX_JSON_BYTES, parse_json)
+
+    async def _upload(self, request: Request, admitted: contextlib.AsyncExitStack, reader: Callable = read_upload) -> tuple:
+        """``reader(body, content type, max pixels)`` of a multipart upload (the decoded image and its fields)."""
+        content_type = request.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != "multipart/form-data":
+            raise ApiError(415, "send multipart/form-data with the image file in a field named 'image'")
+        return await self._receive(request, admitted, self.settings.max_upload_bytes, reader, content_type, self.settings.max_image_pixels)
 
     def _cached(self, image_id: str) -> ImageSnapshot:
         snapshot = self.cache.get(image_id)
@@ -228,13 +270,13 @@ class Api:
         return snapshot
 
     async def _embed(self, image: np.ndarray) -> tuple[str, ImageSnapshot, dict]:
-        snapshot, timings = await self.engine.run(lambda p: jobs.embed(p, image))
+        snapshot, timings = await self.engine.infer(lambda p: jobs.embed(p, image))
         self.metrics.observe_stages(timings)
         return self.cache.add(snapshot), snapshot, timings
 
     async def _prompt_response(self, image_id: str, snapshot: ImageSnapshot, body: dict, png: bool, extra: dict, earlier: dict) -> Response:
         prompts = parse_prompts(body, snapshot.original_size)
-        masks, scores, updated, timings = await self.engine.run(lambda p: jobs.predict(p, snapshot, prompts))
+        masks, scores, updated, timings = await self.engine.infer(lambda p: jobs.predict(p, snapshot, prompts))
         self.cache.put(image_id, updated)
         self.metrics.observe_stages(timings)
         if png:
@@ -243,31 +285,35 @@ class Api:
         return JSONResponse({**extra, "masks": jobs.mask_records(masks, scores), "timings_ms": jobs.milliseconds({**earlier, **timings})})
 
     async def add_image(self, request: Request) -> dict:
-        image, _ = await _upload(request, self.settings)
-        image_id, snapshot, timings = await self._embed(image)
+        async with contextlib.AsyncExitStack() as admitted:
+            image, _ = await self._upload(request, admitted)
+            image_id, snapshot, timings = await self._embed(image)
         h, w = snapshot.original_size
         return {"image_id": image_id, "width": w, "height": h, "timings_ms": jobs.milliseconds(timings)}
 
     async def predict(self, image_id: str, request: Request, format: str = "json") -> Response:
         snapshot, png = self._cached(image_id), _wants_png(format)
-        return await self._prompt_response(image_id, snapshot, parse_json(await request.body()), png, {}, {})
+        async with contextlib.AsyncExitStack() as admitted:
+            return await self._prompt_response(image_id, snapshot, await self._json(request, admitted), png, {}, {})
 
     async def everything(self, image_id: str, request: Request) -> dict:
         snapshot = self._cached(image_id)
-        mode, options = parse_everything(parse_json(await request.body()))
-        records, updated, timings = await self.engine.run(lambda p: jobs.everything(p, snapshot, mode, options))
+        async with contextlib.AsyncExitStack() as admitted:
+            settings = parse_everything(await self._json(request, admitted))
+            records, updated, timings = await self.engine.infer(lambda p: jobs.everything(p, snapshot, settings))
         self.cache.put(image_id, updated)
         self.metrics.observe_stages({f"everything_{k}": v for k, v in timings.items()})
-        return {"mode": mode, "masks": records, "timings_ms": jobs.milliseconds(timings)}
+        return {"mode": settings.mode, "masks": records, "timings_ms": jobs.milliseconds(timings)}
 
     async def segment(self, request: Request, format: str = "json") -> Response:
         png = _wants_png(format)
-        image, fields = await _upload(request, self.settings)
-        body = parse_json(fields.get("prompts", ""))
-        parse_prompts(body, image.shape[:2])  # refuse bad prompts before paying for the encoder
-        image_id, snapshot, timings = await self._embed(image)
-        h, w = snapshot.original_size
-        return await self._prompt_response(image_id, snapshot, body, png, {"image_id": image_id, "width": w, "height": h}, timings)
+        async with contextlib.AsyncExitStack() as admitted:
+            image, body = await self._upload(request, admitted, _read_segment)
+            parse_prompts(body, image.shape[:2])  # refuse bad prompts before paying for the encoder
+            image_id, snapshot, timings = await self._embed(image)
+            h, w = snapshot.original_size
+            extra = {"image_id": image_id, "width": w, "height": h}
+            return await self._prompt_response(image_id, snapshot, body, png, extra, timings)
 
 
 def create_app(factory: Callable[[], PredictorBase], settings: Settings) -> FastAPI:
@@ -275,6 +321,7 @@ def create_app(factory: Callable[[], PredictorBase], settings: Settings) -> Fast
     cache = ImageCache(settings.cache_images, settings.cache_bytes)
     metrics = Metrics(cache)
     engine = Engine(factory, settings.concurrency, settings.queue_size, settings.queue_wait_s, metrics)
+    intake = Intake(settings.body_budget_bytes, settings.decode_threads)
     live = LiveFeed(settings.live_source, factory) if settings.live_source is not None else None
 
     @contextlib.asynccontextmanager
@@ -283,6 +330,7 @@ def create_app(factory: Callable[[], PredictorBase], settings: Settings) -> Fast
         if live is not None:
             live.start()
         yield
+        intake.close()
         engine.close()
         if live is not None:
             live.stop()
@@ -292,7 +340,7 @@ def create_app(factory: Callable[[], PredictorBase], settings: Settings) -> Fast
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    Api(engine, cache, metrics, settings, live).register(app)
+    Api(engine, intake, cache, metrics, settings, live).register(app)
     return app
 
 

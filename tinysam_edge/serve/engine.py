@@ -1,11 +1,12 @@
 """Inference jobs of the service: a pool of predictors on worker threads, behind a bounded admission queue."""
 
 import asyncio
+import contextlib
 import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -19,8 +20,8 @@ T = TypeVar("T")
 class Engine:
     """Runs jobs ``fn(predictor)`` with at most ``workers`` at once, each on a predictor of its own.
 
-    Up to ``queue_size`` more jobs wait for a worker, each at most ``wait_s``; past either bound the
-    job is refused with 503 and a ``Retry-After`` estimated from recent job times, so memory never
+    At most ``workers + queue_size`` requests are admitted (decoding their input, waiting for a worker
+    at most ``wait_s``, or running); past either bound the request is refused with 503 and a ``Retry-After`` estimated from recent job times, so memory never
     grows with the load. Predictors are built by ``factory`` on a background thread (``start``);
     until they all are, jobs get 503 and ``ready`` is False.
     """
@@ -53,9 +54,7 @@ class Engine:
             for _ in range(self.workers):
                 predictor = self._factory()
                 self._pool.put(predictor)
-            self.description = (
-                f"{type(predictor).__name__} on {getattr(predictor, 'device_used', 'torch')}, {getattr(predictor, 'precision_used', 'f32')}"
-            )
+            self.description = predictor.describe()
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and every job instead of killing the server
             self.load_error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -66,8 +65,8 @@ class Engine:
         retry = max(1, math.ceil(self._job_s * self.limit / self.workers))
         return ApiError(503, f"{why}; retry in about {retry} s", {"Retry-After": str(retry)})
 
-    async def run(self, fn: Callable[[PredictorBase], T]) -> T:
-        """Run ``fn`` on a free predictor in a worker thread; ``ApiError`` 503 when not ready or overloaded."""
+    def check_free(self) -> None:
+        """``ApiError`` 503 when the models are not ready or the queue is full (nothing reserved)."""
         if not self.ready:
             raise (
                 ApiError(503, f"models failed to load: {self.load_error}")
@@ -76,27 +75,37 @@ class Engine:
             )
         if self._admitted >= self.limit:
             raise self._busy(f"server busy: {self._admitted} inference jobs running or queued")
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.workers)
+
+    @contextlib.asynccontextmanager
+    async def admission(self) -> AsyncIterator[None]:
+        """Hold one of the ``workers + queue_size`` places (503 when none is free) while a request is
+        decoded and its jobs run (``infer``); a request whose body is still arriving holds none."""
+        self.check_free()
         self._admitted += 1
         self._metrics.queue_depth.set(self._admitted)
         try:
-            start = time.perf_counter()
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.wait_s)
-            except asyncio.TimeoutError:
-                raise self._busy(f"no inference slot became free within {self.wait_s:g} s") from None
-            self._metrics.stages.labels("queue_wait").observe(time.perf_counter() - start)
-            try:
-                start = time.perf_counter()
-                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
-                self._job_s = 0.8 * self._job_s + 0.2 * (time.perf_counter() - start)
-                return result
-            finally:
-                self._slots.release()
+            yield
         finally:
             self._admitted -= 1
             self._metrics.queue_depth.set(self._admitted)
+
+    async def infer(self, fn: Callable[[PredictorBase], T]) -> T:
+        """Run ``fn`` on a free predictor in a worker thread, inside ``admission``; 503 after ``wait_s`` without a worker."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.workers)
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.wait_s)
+        except asyncio.TimeoutError:
+            raise self._busy(f"no inference slot became free within {self.wait_s:g} s") from None
+        self._metrics.stages.labels("queue_wait").observe(time.perf_counter() - start)
+        try:
+            start = time.perf_counter()
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+            self._job_s = 0.8 * self._job_s + 0.2 * (time.perf_counter() - start)
+            return result
+        finally:
+            self._slots.release()
 
     def _call(self, fn: Callable[[PredictorBase], T]) -> T:
         predictor = self._pool.get()

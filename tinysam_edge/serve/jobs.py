@@ -5,7 +5,8 @@ import time
 import cv2
 import numpy as np
 
-from ..mask_generator import HierarchicalMaskGenerator, MaskGenerator
+from ..everything_settings import EverythingSettings
+from ..mask_generator import make_generator
 from ..masks import box_xywh, encode_rle, mask_to_box
 from ..predictor import ImageSnapshot, PredictorBase
 from .schema import PromptRequest
@@ -36,29 +37,13 @@ def predict(
     return masks, scores, updated, timings
 
 
-class _SnapshotMixin:
-    """A mask generator that works on the image already set on its predictor (no second encoder run)."""
-
-    def _set_image(self, image: np.ndarray) -> tuple[int, int]:
-        self.stats = {"seconds": {"encoder": 0.0, "decoder": 0.0, "upscale_and_filter": 0.0, "nms_and_output": 0.0}}
-        return self.predictor.original_size
-
-
-class _CachedGrid(_SnapshotMixin, MaskGenerator):
-    pass
-
-
-class _CachedHierarchical(_SnapshotMixin, HierarchicalMaskGenerator):
-    pass
-
-
 def everything(
-    predictor: PredictorBase, snapshot: ImageSnapshot, mode: str, options: dict
+    predictor: PredictorBase, snapshot: ImageSnapshot, settings: EverythingSettings
 ) -> tuple[list[dict], ImageSnapshot, dict[str, float]]:
-    """SAM's automatic-mask-generator records (COCO RLE) of a cached image, its updated snapshot and stage seconds."""
+    """SAM's automatic-mask-generator records of a cached image (no second encoder run), its updated snapshot and stage seconds."""
     predictor.set_image_state(snapshot)
-    generator = (_CachedHierarchical if mode == "hierarchical" else _CachedGrid)(predictor, output_mode="coco_rle", **options)
-    records = generator.generate(None)  # type: ignore[arg-type] - the pixels are never read: the snapshot's embedding is set
+    generator = make_generator(predictor, settings)
+    records = generator.generate()
     return records, predictor.get_image_state(), generator.stats["seconds"]
 
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Callable
 import cv2
 import numpy as np
 
-from ..live import FrameSource, PersistentPrompts, annotate
+from ..capture import FrameSource
+from ..overlay import PersistentPrompts, annotate
 from ..predictor import PredictorBase
 from .errors import ApiError
 from .schema import parse_prompts

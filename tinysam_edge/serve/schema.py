@@ -4,13 +4,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..everything_settings import USER_FIELDS, EverythingSettings
 from ..prompts import check_prompts
 from .errors import ApiError
 
 #: Most points one predict request may carry (the decoder's cost grows with them).
 MAX_POINTS = 64
-#: Densest everything-mode grid the service runs (the cost grows with its square).
-MAX_POINTS_PER_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,8 @@ def _numbers(value: object, name: str, shape: str) -> np.ndarray:
         raise ApiError(422, f"{name} must be {shape} of numbers")
     try:
         return np.array(value, dtype=np.float64)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ApiError(422, f"{name} must be {shape} of numbers within the float range") from None
     except ValueError:
         raise ApiError(422, f"{name} must be {shape} of numbers (rows of equal length)") from None
 
@@ -75,32 +76,13 @@ def parse_prompts(body: dict, size_hw: tuple[int, int]) -> PromptRequest:
     return PromptRequest(coords, labels_arr, box_arr, multimask)
 
 
-#: Everything-mode fields: name -> (type, low, high, default).
-EVERYTHING_FIELDS = {
-    "points_per_side": (int, 1, MAX_POINTS_PER_SIDE, 32),
-    "points_per_batch": (int, 1, 256, 64),
-    "pred_iou_thresh": (float, -10.0, 10.0, 0.88),
-    "stability_score_thresh": (float, 0.0, 1.0, 0.95),
-    "high_score_thresh": (float, -100.0, 100.0, 8.5),
-    "box_nms_thresh": (float, 0.0, 1.0, 0.7),
-    "min_mask_region_area": (int, 0, 1 << 24, 0),
-}
+def parse_everything(body: dict) -> EverythingSettings:
+    """``{"mode": "hierarchical" | "grid", <the other USER_FIELDS>}``, each optional -> settings with COCO RLE output.
 
-
-def parse_everything(body: dict) -> tuple[str, dict]:
-    """``{"mode": "hierarchical" | "grid", <EVERYTHING_FIELDS>}`` -> (mode, generator keyword arguments)."""
-    _unknown(body, ("mode", *EVERYTHING_FIELDS))
-    mode = body.get("mode", "hierarchical")
-    if mode not in ("hierarchical", "grid"):
-        raise ApiError(422, f"mode must be 'hierarchical' or 'grid', got {mode!r}")
-    options = {}
-    for name, (kind, low, high, default) in EVERYTHING_FIELDS.items():
-        value = body.get(name, default)
-        if not _is_number(value) or (kind is int and not isinstance(value, int)) or not low <= value <= high:
-            raise ApiError(422, f"{name} must be {'an integer' if kind is int else 'a number'} in {low}..{high}, got {value!r}")
-        options[name] = kind(value)
-    if mode == "hierarchical" and options["points_per_side"] < 4:
-        raise ApiError(422, "the hierarchical mode needs points_per_side >= 4")
-    if mode == "grid":
-        options.pop("high_score_thresh")
-    return mode, options
+    Defaults and limits are ``EverythingSettings``'; what it refuses is a 422 with its message.
+    """
+    _unknown(body, USER_FIELDS)
+    try:
+        return EverythingSettings(**body, output_mode="coco_rle")
+    except ValueError as exc:  # an integer of hundreds of digits too: the settings refuse it as not finite
+        raise ApiError(422, str(exc)) from None
