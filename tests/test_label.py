@@ -273,14 +273,20 @@ def ray_tmp(monkeypatch):
 
 
 def _ray_processes(folder: str) -> list[int]:
-    """Processes whose environment names ``folder`` as RAY_TMPDIR (this test's Ray cluster and nothing else)."""
+    """Ray processes whose environment names ``folder`` as RAY_TMPDIR (this test's Ray cluster and nothing else).
+
+    Other children of the test process inherit the variable too, such as multiprocessing's resource tracker,
+    which a spawn-context DataLoader starts and which lives as long as the test process: only Ray's count.
+    """
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if f"RAY_TMPDIR={folder}".encode() in environ.split(b"\0") and int(pid) != os.getpid():
+        ours = f"RAY_TMPDIR={folder}".encode() in environ.split(b"\0") and int(pid) != os.getpid()
+        if ours and b"ray" in command.lower():
             found.append(int(pid))
     return found
 
