@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..files import write_text
 from ..predictor import PredictorBase
-from .models import describe, make_predictor
+from .models import make_predictor
 from .options import POSITIVE_INT, add_device_options, add_model_options, add_overwrite
 from .outputs import check_output
 
@@ -48,9 +48,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(report["summary"])
     per_image = seconds / report["images"]
     counts = f"{report['images']} images, {report['detections']} detections"
-    print(f"{counts} on {describe(predictor)}: {seconds:.1f} s ({per_image:.2f} s per image); warnings {report['warnings']}")
+    print(f"{counts} on {predictor.describe()}: {seconds:.1f} s ({per_image:.2f} s per image); warnings {report['warnings']}")
     write_text(args.out, json.dumps(report.pop("results")) + "\n")
-    summary = {"dataset": args.dataset, **report, "backend": describe(predictor), "seconds": seconds, "seconds_per_image": per_image}
+    summary = {"dataset": args.dataset, **report, "backend": predictor.describe(), "seconds": seconds, "seconds_per_image": per_image}
     write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     print(f"results -> {args.out}, summary -> {summary_path}")
     return 0
@@ -67,7 +67,7 @@ def cmd_eval_compare(args: argparse.Namespace) -> int:
         predictor = Predictor(folder, device=args.device, precision=args.precision)
         report, seconds = _run(predictor, job)
         report.pop("results")
-        reports[name] = {**report, "model_dir": str(folder), "backend": describe(predictor), "seconds_per_image": seconds / report["images"]}  # fmt: skip
+        reports[name] = {**report, "model_dir": str(folder), "backend": predictor.describe(), "seconds_per_image": seconds / report["images"]}  # fmt: skip
     ref, cand = reports["reference"]["stats"], reports["candidate"]["stats"]
     print(f"{args.dataset.upper()}\n| metric | reference | candidate | drop |\n| --- | --- | --- | --- |")
     for key in ref:

@@ -12,11 +12,6 @@ if TYPE_CHECKING:
     from ..predictor import PredictorBase
 
 
-def describe(predictor: "PredictorBase") -> str:
-    """One line naming the backend, device and precision a predictor runs on."""
-    return predictor.describe()
-
-
 def torch_side(what: str):
     """The torch-side ``models`` and ``quantize.export`` modules, or one line saying which extra is missing."""
     try:

@@ -13,7 +13,7 @@ from ..files import resolve_path
 from ..image import load_image, save_image
 from ..masks import box_xywh, encode_rle, mask_to_box
 from ..predictor import PredictorBase
-from .models import describe, make_predictor
+from .models import make_predictor
 from .options import add_everything_options, add_model_options, add_prompt_options, everything_settings
 from .outputs import check_output, check_output_dir
 
@@ -61,7 +61,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     record = {
         "image": str(args.image),
         "size_hw": list(image.shape[:2]),
-        "backend": describe(predictor),
+        "backend": predictor.describe(),
         "flavour": predictor.flavour,
         **record,
     }
@@ -70,7 +70,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2))
     else:
         x, y, bw, bh = record["bbox"]
-        print(f"score {score:.3f}, area {record['area']} px, bbox x {x} y {y} w {bw} h {bh} ({describe(predictor)}); overlay -> {args.out}")
+        print(
+            f"score {score:.3f}, area {record['area']} px, bbox x {x} y {y} w {bw} h {bh} ({predictor.describe()}); overlay -> {args.out}"
+        )
     return 0
 
 
@@ -98,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     predictor = make_predictor(args)
     load_s = time.perf_counter() - start
     predictor.set_image(image)
-    print(f"{image_path} ({w}x{h}) on {describe(predictor)}")
+    print(f"{image_path} ({w}x{h}) on {predictor.describe()}")
     print(
         f"  load/compile {1000 * load_s:.0f} ms, preprocess {1000 * predictor.timings['preprocess']:.0f} ms, encoder {1000 * predictor.timings['encoder']:.0f} ms"
     )
@@ -150,7 +152,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     save_image(overlay_path, draw_masks(image, masks), overwrite=args.overwrite)
     write_text(json_path, json.dumps(records) + "\n")
     print(
-        f"{args.image} ({image.shape[1]}x{image.shape[0]}), {settings.mode} on {describe(predictor)}: {len(records)} masks in {total:.2f} s"
+        f"{args.image} ({image.shape[1]}x{image.shape[0]}), {settings.mode} on {predictor.describe()}: {len(records)} masks in {total:.2f} s"
     )
     _print_stats(generator.stats)
     if not records:
