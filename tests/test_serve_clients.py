@@ -210,6 +210,41 @@ def test_odd_requests(server, image_id, parity_model_dir, tmp_path, capsys):
     assert "Traceback" not in server.log()
 
 
+def asgi_post(app, path: str, body: bytes, content_type: str) -> int:
+    """The status ``app`` answers to one POST, driven in-process without its lifespan (so its models never load)."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"", "headers": headers}
+    scope |= {"client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "scheme": "http", "http_version": "1.1", "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+def test_a_body_too_big_gets_413_even_when_busy():
+    """413 is decided before any sign of load: a body that can never be taken is not answered 'retry later'.
+
+    The app runs without its lifespan, so its models never load and every admissible request gets 503.
+    """
+    from tinysam_edge.predictor import ImageSnapshot
+    from tinysam_edge.serve.app import MAX_JSON_BYTES, Settings, create_app
+
+    app = create_app(lambda: None, Settings())
+    api = next(r.endpoint.__self__ for r in app.routes if getattr(r, "name", "") == "predict")
+    api.cache.put("a" * 32, ImageSnapshot(np.zeros((1, 256, 64, 64), np.float32), (64, 64), (1024, 1024), None, 0, 1 << 22))
+    for route in ("predict", "everything"):
+        assert asgi_post(app, f"/v1/images/{'a' * 32}/{route}", b" " * (MAX_JSON_BYTES + 1), "application/json") == 413
+        assert asgi_post(app, f"/v1/images/{'a' * 32}/{route}", b"{}", "application/json") == 503
+
+
 def test_auth_scheme_is_case_insensitive(parity_model_dir, tmp_path):
     key = "k" * 24
     srv = Server(parity_model_dir, tmp_path / "server.log", env={"TINYSAM_EDGE_API_KEY": key}).start(ready="/healthz")

@@ -242,10 +242,11 @@ class Api:
     ) -> T:
         """``parse(body, *args)`` on a parser thread, once the whole body has arrived (at most ``limit`` bytes).
 
-        With ``admitted``, the request first needs a free place in the engine's queue (503 before its body is
+        A body declared over ``limit`` gets 413 first, busy or not. With ``admitted``, the request then needs a free place in the engine's queue (503 before its body is
         read) and takes one after its body arrived, held until ``admitted`` closes: an upload refused with 503 is
         never decoded, and one whose body is still arriving holds no place.
         """
+        self.intake.declared_size(request, limit)
         if admitted is not None:
             self.engine.check_free()
         async with self.intake.body(request, limit) as body:

@@ -26,13 +26,23 @@ class Intake:
         self.budget, self.reserved = budget_bytes, 0
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tinysam-decode")
 
-    @contextlib.asynccontextmanager
-    async def body(self, request: Request, limit: int) -> AsyncIterator[bytearray]:
-        """The whole body (at most ``limit`` bytes, else 413), held under the budget until the block ends."""
+    @staticmethod
+    def declared_size(request: Request, limit: int) -> int:
+        """The bytes a body will take: its ``Content-Length``, or ``limit`` without one; 413 past ``limit``.
+
+        Checked before any sign of load, so a body that can never be taken gets 413 whether or not the
+        server is busy, and its client does not retry it.
+        """
         declared = request.headers.get("content-length")
         need = int(declared) if declared is not None and declared.isdigit() else limit
         if need > limit:
             raise ApiError(413, f"request body over {limit} bytes")
+        return need
+
+    @contextlib.asynccontextmanager
+    async def body(self, request: Request, limit: int) -> AsyncIterator[bytearray]:
+        """The whole body (at most ``limit`` bytes, else 413), held under the budget until the block ends."""
+        need = self.declared_size(request, limit)
         if self.reserved + need > self.budget:
             raise ApiError(503, "server busy receiving other uploads; retry in about 2 s", {"Retry-After": "2"})
         self.reserved += need
