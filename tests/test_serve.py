@@ -385,7 +385,8 @@ def test_live_source_streams_frames_with_persistent_prompts(parity_model_dir, tm
             raise AssertionError(f"no live frame after {number}:\n{srv.log()}")
 
         number, plain = frame_after(0)
-        assert plain.shape == (214, 320, 3) and client.get("/v1/live").json()["width"] == 320
+        status = client.get("/v1/live").json()
+        assert plain.shape == (214, 320, 3) and status["width"] == 320 and status["frame_age_ms"] > 0
         assert client.post_json("/v1/live/prompts", {"points": [[400, 10]], "labels": [1]}).status == 422
         assert client.post_json("/v1/live/prompts", {"points": [[160, 100]], "labels": [1]}).json()["points"] == 1
         number, _ = frame_after(number)  # may have been segmented before the prompt arrived

@@ -130,7 +130,7 @@ def test_low_memory_predictor_compiles_one_graph_per_decoder_on_first_use(random
     points = np.random.default_rng(9).uniform(10, 290, (4, 1, 2))
     eager, lean = Predictor(random_model_dir), Predictor(random_model_dir, specialized_graphs=0)
     assert not lean.model.decoders._compiled and lean.model.decoders._image is None  # nothing compiled before it is used
-    assert ("plain", 1, 2, 0) in eager.model.decoders._compiled and eager.model.decoders._image is not None
+    assert ("plain", 1, 2, 0, 1) in eager.model.decoders._compiled and eager.model.decoders._image is not None
     results = []
     for p in (eager, lean):
         p.set_image(image)
@@ -138,7 +138,7 @@ def test_low_memory_predictor_compiles_one_graph_per_decoder_on_first_use(random
         results.append((first, again, several, p.decode_batch(points, np.ones((4, 1)))[0]))
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
-    assert set(lean.model.decoders._compiled) == {("plain", None), ("prompt", None)} and lean.model.decoders._image is not None
+    assert set(lean.model.decoders._compiled) == {("plain", None, 1), ("prompt", None, 1)} and lean.model.decoders._image is not None
     with pytest.raises(ValueError, match="specialized_graphs"):
         Predictor(random_model_dir, specialized_graphs=-1)
 
@@ -237,3 +237,22 @@ def test_bench_decoder_report(random_model_dir, random_checkpoint, tmp_path):
     assert split["state_ms"] > 0 and plain["state_ms"] != plain["state_ms"]  # only the split decoder builds a state (NaN otherwise)
     assert all(r["repeated_ms"] > 0 for r in results.values())
     assert "| MACs (matmuls and convolutions) | M |" in (out / "decoder.md").read_text()
+
+
+def test_a_batch_runs_as_two_half_batches_at_once(random_model_dir):
+    """batch_streams=2: a batch of 7 prompts runs as 4 + 3 on graphs compiled with two streams, same outputs as one request."""
+    image = np.random.default_rng(10).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    points, labels = np.random.default_rng(11).uniform(10, 290, (7, 1, 2)), np.ones((7, 1))
+    outputs = []
+    for streams in (1, 2):
+        p = Predictor(random_model_dir, batch_streams=streams)
+        p.set_image(image)
+        outputs.append((*p.decode_batch(points, labels), p.decode_batch_scores(points, labels)))
+        halves = {k[1] for k in p.model.decoders._compiled if len(k) == 5 and k[0] in ("prompt", "scores") and k[4] == 2}
+        assert halves == ({4, 3} if streams == 2 else set())
+    key = next(k for k in p.model.decoders._compiled if len(k) == 5 and k[4] == 2)
+    assert int(p.model.decoders.compiled(key).get_property("NUM_STREAMS")) == 2
+    for a, b in zip(*outputs, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="batch_streams"):
+        Predictor(random_model_dir, batch_streams=0)

@@ -55,7 +55,9 @@ def test_headless_run_writes_video_and_timings(random_model_dir, tmp_path):
     stages = {"wait_encoder", "next_frame", "preprocess", "encoder", "decoder", "postprocess", "decode_and_draw", "total", "rss_mib"}
     for frame in report["frames"]:
         assert stages <= set(frame) and frame["mask_area"] > 0 and frame["points"] == [[480, 270, 1]]
-    assert "FPS" in result.stdout
+        # a frame is read before its encode starts and its turn begins, and its age ends at its display
+        assert frame["frame_age"] >= max(frame["total"], frame["encoder"]), frame
+    assert "FPS" in result.stdout and "frame_age" in result.stdout
 
 
 def test_source_that_fails_or_ends(random_model_dir, tmp_path):

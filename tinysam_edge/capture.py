@@ -30,6 +30,7 @@ class FrameSource:
     """Frames as RGB; live sources (camera, URL) keep only the newest frame, files give every frame.
 
     With ``reconnect`` a live source that stops is reopened up to that many times, a second apart.
+    ``captured_at``: when the frame ``read`` returned last arrived from the source (``time.perf_counter``).
     """
 
     def __init__(self, source: str, reconnect: int = 0) -> None:
@@ -37,6 +38,7 @@ class FrameSource:
         self.live = is_live(source)
         self.capture = open_source(source)
         self._latest: np.ndarray | None = None
+        self._latest_at = self.captured_at = time.perf_counter()
         self._ended = False
         self._lock = threading.Condition()
         if self.live:
@@ -55,7 +57,7 @@ class FrameSource:
                 self.capture = _capture(self.source)
                 continue
             with self._lock:
-                self._latest = frame  # older unprocessed frames are dropped here
+                self._latest, self._latest_at = frame, time.perf_counter()  # older unprocessed frames are dropped here
                 self._lock.notify()
         with self._lock:
             self._ended = True
@@ -65,10 +67,11 @@ class FrameSource:
         """The next (or newest) frame as RGB, or None when the source has ended."""
         if not self.live:
             ok, frame = self.capture.read()
+            self.captured_at = time.perf_counter()
             return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if ok else None
         with self._lock:
             self._lock.wait_for(lambda: self._latest is not None or self._ended, timeout=10.0)
-            frame, self._latest = self._latest, None
+            frame, self._latest, self.captured_at = self._latest, None, self._latest_at
         return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame is not None else None
 
     @property

@@ -1,5 +1,6 @@
 """An exported model dir compiled once per process and configuration, shared by the predictors (sessions) on it."""
 
+import os
 import threading
 import weakref
 from dataclasses import asdict, dataclass
@@ -25,8 +26,10 @@ class ModelOptions:
     the split decoder (``split_decoder=False`` turns it off, for comparisons). ``specialized_graphs``
     caps the CPU decoder graphs compiled for one exact prompt shape (each about 20-90 MB; the first-
     and repeated-click ones are compiled up front); 0 compiles one dynamic graph per decoder on first
-    use (the live loop's choice). Compiled blobs are cached in ``cache_dir`` (default: the weights
-    cache's ``ov-cache``).
+    use (the live loop's choice). ``batch_streams``: requests a batch of prompts on the CPU split
+    decoder is spread over at once (None: 2 when one session has at least two threads and
+    ``specialized_graphs`` is not 0, whose one graph per decoder this would double; else 1).
+    Compiled blobs are cached in ``cache_dir`` (default: the weights cache's ``ov-cache``).
     """
 
     device: str = "CPU"
@@ -37,6 +40,7 @@ class ModelOptions:
     static_shapes: bool | None = None
     split_decoder: bool = True
     specialized_graphs: int = DecoderGraphs.MAX_SPECIALIZED
+    batch_streams: int | None = None
 
     def __post_init__(self) -> None:
         value = self.specialized_graphs
@@ -44,6 +48,16 @@ class ModelOptions:
             raise ValueError(f"specialized_graphs must be an integer >= 0, got {value!r}")
         check_count("num_threads", self.num_threads)  # here, before load_model looks for a model compiled alike
         check_count("sessions", self.sessions)
+        check_count("batch_streams", self.batch_streams)
+
+    def streams_for_batches(self) -> int:
+        """``batch_streams``, or its default: two requests per batch on CPU for one session with two threads or more,
+        unless ``specialized_graphs=0`` asks for the least memory."""
+        if self.batch_streams is not None:
+            return self.batch_streams
+        threads = self.num_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        parallel = device_family(self.device) == "CPU" and self.sessions == 1 and threads >= 2 and self.specialized_graphs > 0
+        return 2 if parallel else 1
 
 
 class CompiledSam:
@@ -74,6 +88,7 @@ class CompiledSam:
             self.precision_used == "bf16",
             options.split_decoder,
             options.specialized_graphs,
+            options.streams_for_batches(),
         )
 
     def _read(self, core: ov.Core, role: str) -> ov.Model:

@@ -3,7 +3,10 @@
 The split decoder (``decoder_image`` + ``decoder_prompt``) computes the prompt-independent part once
 per image and then decodes prompts for a fraction of the plain decoder's work; its IoU-only form is
 the same graph cut after the IoU head. CPU compiles each decoder for the exact prompt shapes it sees
-(static shapes run faster); GPU/NPU take the static IRs, which keep the plain graph.
+(static shapes run faster); GPU/NPU take the static IRs, which keep the plain graph. On CPU a batch of
+prompts on the split decoder runs as two half-batches at once, on a graph compiled with two streams:
+these small graphs are bound by per-node overhead, and two single-thread requests beat one request on
+two threads (docs/benchmarks.md).
 """
 
 import threading
@@ -84,6 +87,7 @@ class DecoderGraphs:
 
     ``read(role)`` returns the ``ov.Model`` of a manifest role. ``split=False`` leaves the split decoder
     out. With ``bf16`` its per-image tensors stay in bf16 between the graphs (no per-prompt conversion).
+    ``batch_streams > 1`` compiles the split decoder's batch graphs with that many streams (see the module).
     On CPU each graph (about 20-90 MB compiled) is compiled on first use, under a lock, by whichever
     session needs it first; ``specialize`` caps how many are compiled for one exact prompt shape
     (faster), other shapes run the dynamic graphs. With ``specialize > 0`` the graphs of a first and of
@@ -105,8 +109,11 @@ class DecoderGraphs:
         bf16: bool,
         split: bool = True,
         specialize: int = MAX_SPECIALIZED,
+        batch_streams: int = 1,
     ) -> None:
         self._core, self.device, self._config, self.static = core, device, config, static
+        #: Requests a batch of prompts on the split decoder is spread over (graphs compiled with that many streams).
+        self.batch_streams = batch_streams
         self._compiled: dict[object, ov.CompiledModel] = {}
         self._image: ov.CompiledModel | None = None
         self._lock = threading.Lock()
@@ -153,11 +160,12 @@ class DecoderGraphs:
             return ov.Model([model.output(DECODER_OUTPUTS_IOU)], model.get_parameters(), "decoder_scores")
         return model
 
-    def _compile(self, name: str, batch: int | None = None, points: int = 0, masks: int = 0) -> ov.CompiledModel:
+    def _compile(self, name: str, batch: int | None = None, points: int = 0, masks: int = 0, streams: int = 1) -> ov.CompiledModel:
         model = self._graph(name)
         if batch is not None:
             model = prompt_shaped(model, batch, points, masks if name == "plain" else None)
-        return compile_model(self._core, model, self.device, self._config)
+        config = self._config | ({"NUM_STREAMS": str(streams)} if streams > 1 else {})
+        return compile_model(self._core, model, self.device, config)
 
     def image_graph(self) -> ov.CompiledModel:
         """The split decoder's per-image graph (compiled on first use)."""
@@ -167,23 +175,23 @@ class DecoderGraphs:
                     self._image = self._compile("image")
         return self._image
 
-    def specialized(self, graph: str, batch: int, points: int, masks: int = 0) -> object:
+    def specialized(self, graph: str, batch: int, points: int, masks: int = 0, streams: int = 1) -> object:
         """Key of ``graph`` compiled for exactly this shape (up to ``specialize`` shapes), else of its dynamic form."""
-        key = (graph, batch, points, masks)
+        key = (graph, batch, points, masks, streams)
         if key not in self._compiled and self._specialized < self._specialize:
             with self._lock:
                 if key not in self._compiled and self._specialized < self._specialize:
-                    self._compiled[key] = self._compile(graph, batch, points, masks)
+                    self._compiled[key] = self._compile(graph, batch, points, masks, streams)
                     self._specialized += 1
-        return key if key in self._compiled else self.dynamic(graph)
+        return key if key in self._compiled else self.dynamic(graph, streams)
 
-    def dynamic(self, graph: str) -> tuple[str, None]:
+    def dynamic(self, graph: str, streams: int = 1) -> tuple[str, None, int]:
         """Key of ``graph`` compiled with dynamic prompt shapes (compiled on first use)."""
-        key = (graph, None)
+        key = (graph, None, streams)
         if key not in self._compiled:
             with self._lock:
                 if key not in self._compiled:
-                    self._compiled[key] = self._compile(graph)
+                    self._compiled[key] = self._compile(graph, streams=streams)
         return key
 
 
@@ -196,10 +204,10 @@ class DecoderSession:
         self._bound: dict[object, weakref.ref] = {}  # request key -> the DecoderState bound to its inputs
         self._image: ov.InferRequest | None = None
 
-    def _request(self, key: object) -> ov.InferRequest:
-        if key not in self._requests:
-            self._requests[key] = self.graphs.compiled(key).create_infer_request()
-        return self._requests[key]
+    def _request(self, key: object, slot: int = 0) -> ov.InferRequest:
+        if (key, slot) not in self._requests:
+            self._requests[(key, slot)] = self.graphs.compiled(key).create_infer_request()
+        return self._requests[(key, slot)]
 
     def image_state(self, embedding: np.ndarray) -> DecoderState:
         """The split decoder's per-image tensors for a (1, 256, 64, 64) embedding.
@@ -219,29 +227,38 @@ class DecoderSession:
         ``exact_shape=False`` runs the dynamic graph: for batches whose size changes every call (the
         survivors of an IoU filter), where compiling each size (about 0.5 s) would cost more.
         """
-        graphs = self.graphs
-        key = graphs.specialized("prompt", coords.shape[0], coords.shape[1]) if exact_shape else graphs.dynamic("prompt")
-        return self._run(self._bind(state, key), state, coords, labels, DECODER_OUTPUTS)
+        return self._split_batch("prompt", state, coords, labels, DECODER_OUTPUTS, exact_shape)
 
     def scores(self, state: DecoderState, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """IoU predictions (B, 4) only: the split decoder cut after the IoU head (no mask branch)."""
-        request = self._bind(state, self.graphs.specialized("scores", coords.shape[0], coords.shape[1]))
-        return self._run(request, state, coords, labels, (DECODER_OUTPUTS_IOU,))[0]
+        return self._split_batch("scores", state, coords, labels, (DECODER_OUTPUTS_IOU,), True)[0]
 
-    def _bind(self, state: DecoderState, key: object) -> ov.InferRequest:
-        request = self._request(key)
-        bound = self._bound.get(key)
+    def _split_batch(self, graph: str, state: DecoderState, coords, labels, outputs, exact_shape: bool) -> list[np.ndarray]:
+        """``graph``'s ``outputs`` for the batch, spread over ``batch_streams`` requests that run at once."""
+        graphs = self.graphs
+        streams = min(graphs.batch_streams, coords.shape[0])
+        parts = np.array_split(np.arange(coords.shape[0]), streams)
+        points = coords.shape[1]
+        keys = [
+            graphs.specialized(graph, len(p), points, streams=streams) if exact_shape else graphs.dynamic(graph, streams) for p in parts
+        ]
+        requests = [self._bind(state, key, slot) for slot, key in enumerate(keys)]
+        n = len(state.tensors)
+        for request, part in zip(requests, parts):
+            inputs = {n: np.ascontiguousarray(coords[part], np.float32), n + 1: np.ascontiguousarray(labels[part], np.float32)}
+            request.start_async(inputs, share_inputs=True)
+        for request in requests:
+            request.wait()
+        return [np.concatenate([request.get_tensor(name).data for request in requests]) for name in outputs]
+
+    def _bind(self, state: DecoderState, key: object, slot: int) -> ov.InferRequest:
+        request = self._request(key, slot)
+        bound = self._bound.get((key, slot))
         if bound is None or bound() is not state:
             for i, tensor in enumerate(state.tensors):
                 request.set_input_tensor(i, tensor)
-            self._bound[key] = weakref.ref(state)
+            self._bound[(key, slot)] = weakref.ref(state)
         return request
-
-    @staticmethod
-    def _run(request: ov.InferRequest, state: DecoderState, coords, labels, outputs) -> list[np.ndarray]:
-        n = len(state.tensors)
-        request.infer({n: np.ascontiguousarray(coords, np.float32), n + 1: np.ascontiguousarray(labels, np.float32)}, share_inputs=True)
-        return [request.get_tensor(name).data.copy() for name in outputs]
 
     def plain(
         self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None

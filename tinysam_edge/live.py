@@ -52,16 +52,17 @@ class Live:
         self.predictor, self.prompts, self.window, self.snapshot_dir = predictor, prompts, window, snapshot_dir
         self.writer: cv2.VideoWriter | None = None
         self.timings: list[dict] = []
-        self.fps = 0.0
+        self.fps = self.age = 0.0
 
-    def frame(self, index: int, frame: np.ndarray, start: float, waited: float, draw_start: float) -> bool:
+    def frame(self, index: int, frame: np.ndarray, captured: float, start: float, waited: float, draw_start: float) -> bool:
         """Annotate, record and show the current frame, then handle the window's events; False to quit.
 
-        ``start``: the frame's turn began; ``waited``: its embedding was ready; ``draw_start``: the next frame was submitted.
+        ``captured``: the frame arrived from the source; ``start``: its turn began; ``waited``: its embedding was
+        ready; ``draw_start``: the next frame was submitted. The frame's age is from ``captured`` to its display.
         """
         prompt = {"points": [list(p) for p in self.prompts.points], "box": self.prompts.box}  # before the window's events edit it
         out, area = annotate(frame, self.predictor, self.prompts.kwargs())
-        line = status_line(self.predictor, self.fps)
+        line = status_line(self.predictor, self.fps, self.age)
         if self.writer is not None:
             self.writer.write(cv2.cvtColor(with_status(out, line), cv2.COLOR_RGB2BGR))
         go_on = True
@@ -69,7 +70,7 @@ class Live:
             self.window.show(out, f"frame {index + 1}   {line}", title=f"frame {index + 1}")
             go_on = self.handle(self.window.poll(), frame)
         end = time.perf_counter()
-        self.fps = 1.0 / (end - start)
+        self.fps, self.age = 1.0 / (end - start), end - captured
         stages = {k: 1000 * v for k, v in self.predictor.timings.items()}
         self.timings.append(
             {
@@ -79,6 +80,7 @@ class Live:
                 **stages,
                 "decode_and_draw": 1000 * (end - draw_start),
                 "total": 1000 * (end - start),
+                "frame_age": 1000 * self.age,
                 "rss_mib": rss_mib(),
                 "mask_area": area,
                 **prompt,
@@ -148,7 +150,7 @@ def run(
 ) -> list[dict]:
     """The pipelined loop; per-frame timings in ms. A window shows the frames, and holds the last one until quit."""
     live = Live(predictor, prompts, window, snapshot_dir)
-    frame = frames.read()
+    frame, captured = frames.read(), frames.captured_at
     if frame is None:
         raise TinySamError(f"video source {frames.source!r} gave no frame")
     if record is not None:
@@ -159,10 +161,10 @@ def run(
             start = time.perf_counter()
             finish()  # frame is now the current image
             waited = time.perf_counter()
-            nxt = frames.read() if index + 1 < max_frames else None
+            nxt, nxt_captured = (frames.read(), frames.captured_at) if index + 1 < max_frames else (None, 0.0)
             if nxt is not None:
                 finish = predictor.set_image_async(nxt)  # encodes while this frame is decoded and drawn
-            if not live.frame(index, frame, start, waited, time.perf_counter()):
+            if not live.frame(index, frame, captured, start, waited, time.perf_counter()):
                 return live.timings
             if nxt is None:
                 note = f"source ended after {index + 1} frames" if index + 1 < max_frames else f"stopped at --max-frames {max_frames}"
@@ -171,7 +173,7 @@ def run(
                 if window is not None:
                     live.hold(frame, note)
                 return live.timings
-            frame = nxt
+            frame, captured = nxt, nxt_captured
     finally:
         if live.writer is not None:
             live.writer.release()

@@ -3,11 +3,14 @@
 Both follow the reference algorithms without crops: decode a point grid in batches (3 masks per
 point), keep masks whose predicted IoU and stability pass, box-NMS the rest. The work is ordered
 for a CPU without changing the result: the IoU filter runs on the 256x256 outputs, only its
-survivors are upscaled (in memory-bounded chunks), and full-resolution masks are kept bit-packed.
+survivors are upscaled (one at a time per thread, into a reused buffer), and full-resolution masks
+are kept bit-packed.
 """
 
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,8 +22,10 @@ from .image import to_rgb_uint8
 from .masks import MASK_THRESHOLD, box_xywh, encode_rle, mask_to_box, mask_to_uncompressed_rle
 from .predictor import PredictorBase
 
-#: Full-resolution float32 logits held at once while upscaling (about 256 MB).
-UPSCALE_BUDGET_PIXELS = 64 * 1024 * 1024
+#: Threads that upscale and filter masks, each with one full-resolution float32 buffer. The work is
+#: per-pixel numpy and OpenCV that releases the GIL; one mask at a time into a reused buffer is about
+#: twice as fast as whole chunks (fresh pages) even on one thread (docs/benchmarks.md).
+UPSCALE_THREADS = min(4, os.cpu_count() or 1)
 #: IoU-first decoding (scores, then masks of the survivors) costs the IoU-only graph (about 60% of a
 #: prompt) plus a full decode per survivor, so it beats one full decode of the batch while under about
 #: 40% of the prompts survive (measured on 2 cores, f32 and bf16, docs/benchmarks.md).
@@ -42,8 +47,11 @@ class MaskRecords:
         return len(self.packed)
 
     def add(self, mask: np.ndarray, iou: float, stability: float, point: np.ndarray) -> None:
-        self.packed.append(np.packbits(mask, axis=None))
-        self.boxes.append(mask_to_box(mask))
+        self.add_packed(np.packbits(mask, axis=None), mask_to_box(mask), iou, stability, point)
+
+    def add_packed(self, packed: np.ndarray, box: np.ndarray, iou: float, stability: float, point: np.ndarray) -> None:
+        self.packed.append(packed)
+        self.boxes.append(box)
         self.iou.append(float(iou))
         self.stability.append(float(stability))
         self.points.append(point)
@@ -135,22 +143,23 @@ class MaskGenerator:
             "masks_upscaled": 0,
         }
         seconds = self.stats["seconds"]
-        for batch in self._batches(points, stage):
-            start = time.perf_counter()
-            seen, passing = counts["masks_decoded"] // 3, counts["prompts_passing"]
-            iou_first = self.settings.pred_iou_thresh > 0 and (seen == 0 or passing <= IOU_FIRST_MAX_SHARE * seen)
-            iou, low_res, batch_points = self._decode_batch(batch, iou_first)
-            seconds["decoder"] += time.perf_counter() - start
-            start = time.perf_counter()
-            counts["masks_decoded"] += 3 * len(batch)
-            counts["prompts_passing"] += len(batch_points)
-            counts["prompts_with_masks"] += len(batch_points) if iou_first else len(batch)
-            iou = iou.reshape(-1)
-            keep = np.flatnonzero(iou > self.settings.pred_iou_thresh) if self.settings.pred_iou_thresh > 0 else np.arange(len(iou))
-            counts["passed_pred_iou"] += len(keep)
-            counts["masks_upscaled"] += len(keep)
-            self._filter_upscaled(records, coverage, high_score_thresh, low_res, iou, keep, np.repeat(batch_points, 3, axis=0))
-            seconds["upscale_and_filter"] += time.perf_counter() - start
+        with ThreadPoolExecutor(UPSCALE_THREADS, thread_name_prefix="tinysam-upscale") as pool:
+            for batch in self._batches(points, stage):
+                start = time.perf_counter()
+                seen, passing = counts["masks_decoded"] // 3, counts["prompts_passing"]
+                iou_first = self.settings.pred_iou_thresh > 0 and (seen == 0 or passing <= IOU_FIRST_MAX_SHARE * seen)
+                iou, low_res, batch_points = self._decode_batch(batch, iou_first)
+                seconds["decoder"] += time.perf_counter() - start
+                start = time.perf_counter()
+                counts["masks_decoded"] += 3 * len(batch)
+                counts["prompts_passing"] += len(batch_points)
+                counts["prompts_with_masks"] += len(batch_points) if iou_first else len(batch)
+                iou = iou.reshape(-1)
+                keep = np.flatnonzero(iou > self.settings.pred_iou_thresh) if self.settings.pred_iou_thresh > 0 else np.arange(len(iou))
+                counts["passed_pred_iou"] += len(keep)
+                counts["masks_upscaled"] += len(keep)
+                self._filter_upscaled(records, coverage, high_score_thresh, low_res, iou, keep, np.repeat(batch_points, 3, axis=0), pool)
+                seconds["upscale_and_filter"] += time.perf_counter() - start
         counts["kept"] = len(records)
         self.stats[stage] = counts
         return records, coverage
@@ -175,23 +184,36 @@ class MaskGenerator:
         low_res, _ = self.predictor.decode_batch_masks(passing, multimask_output=True)
         return scores[passing], low_res, batch[passing]
 
-    def _filter_upscaled(self, records, coverage, high_score_thresh, low_res, iou, keep, points) -> None:
+    def _filter_upscaled(self, records, coverage, high_score_thresh, low_res, iou, keep, points, pool) -> None:
         """Upscale the IoU-passing masks (``keep`` indexes prompt-major tokens of ``low_res`` (P, 3, 256, 256))
-        in memory-bounded chunks and add those that pass stability."""
-        h, w = records.shape
-        chunk = max(1, UPSCALE_BUDGET_PIXELS // (h * w))
+        in contiguous parts on ``pool``'s threads and add those that pass stability, in ``keep``'s order."""
         tokens = low_res.shape[1]
-        for first in range(0, len(keep), chunk):
-            idx = keep[first : first + chunk]
-            logits = self.predictor.upscale(low_res[idx // tokens, idx % tokens])
-            stability = stability_score(logits, self.settings.stability_score_offset)
-            passed = (
-                stability >= self.settings.stability_score_thresh if self.settings.stability_score_thresh > 0 else np.ones(len(idx), bool)
-            )
-            for j in np.flatnonzero(passed):
-                if coverage is not None:
-                    coverage |= logits[j] > high_score_thresh
-                records.add(logits[j] > MASK_THRESHOLD, iou[idx[j]], stability[j], points[idx[j]])
+        parts = np.array_split(keep, min(len(keep), UPSCALE_THREADS)) if len(keep) else []
+        for part, (kept, cover) in zip(
+            parts, pool.map(lambda p: self._upscale_part(low_res[p // tokens, p % tokens], high_score_thresh), parts)
+        ):
+            for j, stability, packed, box in kept:
+                records.add_packed(packed, box, iou[part[j]], stability, points[part[j]])
+            if coverage is not None:
+                coverage |= cover
+
+    def _upscale_part(self, low_res: np.ndarray, high_score_thresh: float | None) -> tuple[list, np.ndarray | None]:
+        """(n, 256, 256) logits upscaled one by one into one buffer: (index, stability, packed mask, box) of those
+        passing stability, and the OR of (logits > ``high_score_thresh``) over them (None without it)."""
+        h, w = self.predictor.original_size
+        logits = np.empty((1, h, w), np.float32)
+        cover = np.zeros((h, w), bool) if high_score_thresh is not None else None
+        kept = []
+        for j in range(len(low_res)):
+            self.predictor.upscale(low_res[j : j + 1], out=logits)
+            stability = stability_score(logits, self.settings.stability_score_offset)[0]
+            if self.settings.stability_score_thresh > 0 and stability < self.settings.stability_score_thresh:
+                continue
+            if cover is not None:
+                cover |= logits[0] > high_score_thresh
+            mask = logits[0] > MASK_THRESHOLD
+            kept.append((j, stability, np.packbits(mask, axis=None), mask_to_box(mask)))
+        return kept, cover
 
     def _finish(self, records: MaskRecords) -> list[dict]:
         start = time.perf_counter()

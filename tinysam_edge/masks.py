@@ -37,23 +37,30 @@ def select_masks(
     return np.take_along_axis(low_res_logits, tokens[:, :, None, None], axis=1), np.take_along_axis(iou_predictions, tokens, axis=1)
 
 
-def postprocess_masks(low_res_logits: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:
+def postprocess_masks(
+    low_res_logits: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], out: np.ndarray | None = None
+) -> np.ndarray:
     """Upscale (C, 256, 256) logits to the original (C, H, W): bilinear to 1024, crop the padding, bilinear to H x W.
 
     OpenCV's INTER_LINEAR uses the same half-pixel sampling as torch's bilinear with
     align_corners=False, so this matches SAM's ``postprocess_masks`` up to float rounding. The first
     step upscales only the low-res rows and columns the crop reads (plus one for the interpolation):
     the scale stays exactly 4, so the kept pixels are bit-identical and the padding is never computed.
+    ``out``: a C-contiguous (C, H, W) float32 array to write into (a reused buffer spares fresh pages).
     """
     h, w = original_size
     rows, cols = (min(low_res_logits.shape[axis], size // 4 + 2) for axis, size in ((1, input_size[0]), (2, input_size[1])))
-    out = np.empty((low_res_logits.shape[0], h, w), dtype=np.float32)
+    if out is None:
+        out = np.empty((low_res_logits.shape[0], h, w), dtype=np.float32)
+    elif out.shape != (low_res_logits.shape[0], h, w) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be a C-contiguous float32 array of shape {(low_res_logits.shape[0], h, w)}, got {out.shape} {out.dtype}"
+        )
     with np.errstate(over="ignore"):  # float64 logits beyond float32's range saturate to +-inf, as a float32 decoder's would
         low_res_logits = low_res_logits.astype(np.float32, copy=False)
     for i, logits in enumerate(low_res_logits):
         up = cv2.resize(np.ascontiguousarray(logits[:rows, :cols]), (4 * cols, 4 * rows), interpolation=cv2.INTER_LINEAR)
-        crop = np.ascontiguousarray(up[: input_size[0], : input_size[1]])
-        out[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w)
+        cv2.resize(up[: input_size[0], : input_size[1]], (w, h), dst=out[i], interpolation=cv2.INTER_LINEAR)
     return out
 
 

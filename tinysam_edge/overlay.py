@@ -50,10 +50,10 @@ def annotate(frame: np.ndarray, predictor: PredictorBase, prompts: dict) -> tupl
     return out, int(np.count_nonzero(masks[0]))
 
 
-def status_line(predictor: PredictorBase, fps: float) -> str:
-    """FPS, the last frame's stage times and what OpenVINO runs on, in one line."""
+def status_line(predictor: PredictorBase, fps: float, age_s: float) -> str:
+    """FPS, frame age at display (capture to screen), the last frame's stage times and what OpenVINO runs on, in one line."""
     stages = "  ".join(f"{k} {1000 * v:.0f}ms" for k, v in predictor.timings.items())
-    return f"{fps:.1f} FPS  {stages}  {predictor.describe()}"
+    return f"{fps:.1f} FPS  age {1000 * age_s:.0f}ms  {stages}  {predictor.describe()}"
 
 
 def with_status(rgb: np.ndarray, line: str) -> np.ndarray:

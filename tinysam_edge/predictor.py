@@ -253,8 +253,8 @@ class PredictorBase(ABC):
             return self._decode_cached(self._state, coords, labels)
         return self._decode(self.features, coords, labels, mask)
 
-    def upscale(self, low_res_logits: np.ndarray) -> np.ndarray:
-        """(C, 256, 256) low-res logits of the current image -> (C, H, W) float32 logits."""
+    def upscale(self, low_res_logits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(C, 256, 256) low-res logits of the current image -> (C, H, W) float32 logits (written into ``out`` if given)."""
         self._require_image()
         low_res_logits = np.asarray(low_res_logits)
         if (
@@ -265,7 +265,7 @@ class PredictorBase(ABC):
             raise ValueError(
                 f"low_res_logits must be (C, {LOW_RES_SIZE}, {LOW_RES_SIZE}) float logits, got {low_res_logits.shape} {low_res_logits.dtype}"
             )
-        return postprocess_masks(low_res_logits, self.input_size, self.original_size)
+        return postprocess_masks(low_res_logits, self.input_size, self.original_size, out)
 
 
 class Predictor(PredictorBase):

@@ -16,12 +16,14 @@ from ..devices import device_family
 from ..errors import TinySamError
 from ..everything_settings import EverythingSettings
 from ..image import load_image
-from ..mask_generator import UPSCALE_BUDGET_PIXELS, make_generator
+from ..mask_generator import make_generator
 from ..masks import MASK_THRESHOLD, box_xywh, encode_rle, mask_to_box
 from .inputs import OBJECT_CATEGORY
 
 #: Box prompts per decoder call (fewer on images too large for that many full-size logits).
 BOX_BATCH = 32
+#: Full-resolution float32 logits held at once while a box batch is upscaled (about 256 MB).
+UPSCALE_BUDGET_PIXELS = 64 * 1024 * 1024
 #: What a bad image raises while it is read or labelled; anything else stops the job (it can be resumed).
 IMAGE_ERRORS = (TinySamError, ValueError, OSError, cv2.error)
 

@@ -28,7 +28,7 @@ class LiveFeed:
         self._jpeg: bytes | None = None
         self.frames = 0
         self.size_hw: tuple[int, int] | None = None
-        self.fps = 0.0
+        self.fps = self.age_s = 0.0
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,11 +54,11 @@ class LiveFeed:
                         raise RuntimeError(f"video source {self.source!r} stopped")
                     frames = FrameSource(self.source)  # a file plays in a loop
                     continue
-                self._segment(predictor, frame)
+                self._segment(predictor, frame, frames.captured_at)
         except Exception as exc:  # noqa: BLE001 - reported by GET /v1/live instead of killing the server
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def _segment(self, predictor: PredictorBase, frame: np.ndarray) -> None:
+    def _segment(self, predictor: PredictorBase, frame: np.ndarray, captured: float) -> None:
         start = time.perf_counter()
         predictor.set_image(frame)
         with self._lock:
@@ -70,13 +70,21 @@ class LiveFeed:
                 self._jpeg, self.size_hw = jpeg.tobytes(), frame.shape[:2]
                 self.frames += 1
                 self.fps = 0.8 * self.fps + 0.2 / max(time.perf_counter() - start, 1e-6)
+                self.age_s = time.perf_counter() - captured
 
     def status(self) -> dict:
-        """Source, frame size, frames segmented so far and the recent rate."""
+        """Source, frame size, frames segmented so far, the recent rate and the newest frame's age (capture to published)."""
         if self.error:
             raise ApiError(503, f"live source failed: {self.error}")
         h, w = self.size_hw or (0, 0)
-        return {"source": self.source, "width": w, "height": h, "frames": self.frames, "fps": round(self.fps, 2)}
+        return {
+            "source": self.source,
+            "width": w,
+            "height": h,
+            "frames": self.frames,
+            "fps": round(self.fps, 2),
+            "frame_age_ms": round(1000 * self.age_s, 1),
+        }
 
     def latest(self) -> tuple[int, bytes]:
         """The newest annotated frame (its number and JPEG bytes); 503 until the first one."""
