@@ -119,3 +119,13 @@ def test_serve_compiles_the_encoder_once_for_workers_and_live_view(random_model_
     assert len(built) == 3 and len({id(p.model) for p in built}) == 1
     assert compiles.count("encoder") == 1
     assert built[0].model.describe()["streams"] >= 2  # a stream per session (OpenVINO caps them at the cores)
+
+
+def test_graphs_compiled_later_are_read_from_where_the_model_was_loaded(random_model_dir, tmp_path, monkeypatch):
+    """A model loaded by a relative path keeps compiling its lazy decoder graphs after the working folder changed."""
+    (tmp_path / "here").symlink_to(random_model_dir)
+    monkeypatch.chdir(tmp_path)
+    predictor = Predictor("here", specialized_graphs=0)
+    monkeypatch.chdir(random_model_dir.parent)
+    predictor.set_image(np.zeros((40, 60, 3), np.uint8))
+    assert predictor.decode_batch(np.array([[[10.0, 10.0]], [[20.0, 20.0]]]), np.ones((2, 1)))[0].shape == (2, 3, 256, 256)

@@ -68,8 +68,9 @@ class CompiledSam:
     """
 
     def __init__(self, model_dir: str | Path, options: ModelOptions) -> None:
-        self.model_dir, self.options = Path(model_dir), options
-        self.manifest = Manifest.read(self.model_dir)
+        self.options = options
+        self.manifest = Manifest.read(Path(model_dir))
+        self.model_dir = Path(model_dir).resolve()  # decoder graphs are read on first use, maybe from another working folder
         self.flavour = self.manifest.flavour
         core = shared_core()
         check_device(core, options.device)
