@@ -105,3 +105,19 @@ def test_outputs_that_cannot_be_written(random_model_dir, tmp_path):
     for frames in ("0", "-1"):
         result = _run("--source", clip, *args, "--max-frames", frames)
         assert result.returncode == 2 and "--max-frames" in result.stderr and "must be in 1.." in result.stderr
+
+
+def test_two_frames_in_flight_show_each_frame_with_its_own_embedding(random_model_dir, tmp_path):
+    """--in-flight 2 encodes two frames at once on two sessions: every frame's mask equals the one-in-flight run's."""
+    source = _clip(tmp_path / "clip.mp4", 7, (320, 240))
+    areas = []
+    for in_flight in (1, 2):
+        timings = tmp_path / f"timings{in_flight}.json"
+        args = ("--source", source, "--model-dir", random_model_dir, "--headless", "--point", "160,120", "--timings", timings)
+        result = _run(*args, "--in-flight", in_flight)
+        assert result.returncode == 0, result.stderr
+        frames = json.loads(timings.read_text())["frames"]
+        assert [f["frame"] for f in frames] == list(range(7)) and all(f["frame_age"] >= f["total"] for f in frames)
+        areas.append([f["mask_area"] for f in frames])
+    assert areas[0] == areas[1] and len(set(areas[0])) > 1, areas  # the clip's frames differ, so a stale embedding would show
+    _one_line_error(_run("--source", source, "--model-dir", random_model_dir, "--headless", "--in-flight", 5), "--in-flight")

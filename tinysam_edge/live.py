@@ -2,13 +2,16 @@
 
 Frames come from ``tinysam_edge.capture`` (a live source keeps only its newest frame, so a slow model
 drops frames instead of queueing them), prompts and drawing from ``tinysam_edge.overlay``. The encoder
-of frame N+1 runs in OpenVINO's AsyncInferQueue while frame N is decoded and drawn. In a window
+of frame N+1 runs in OpenVINO's AsyncInferQueue while frame N is decoded and drawn (``in_flight`` sessions
+keep that many frames encoding at once). In a window
 (``tinysam_edge.window``) the last frame of a file stays on screen, still taking prompts, until the user quits.
 """
 
 import json
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -147,37 +150,59 @@ def run(
     record: Path | None = None,
     window: LiveWindow | None = None,
     snapshot_dir: Path = Path("."),
+    in_flight: int = 1,
 ) -> list[dict]:
-    """The pipelined loop; per-frame timings in ms. A window shows the frames, and holds the last one until quit."""
+    """The pipelined loop; per-frame timings in ms. A window shows the frames, and holds the last one until quit.
+
+    ``in_flight`` frames encode at once, each on its own session of ``predictor.model`` (compile it with
+    ``sessions=in_flight`` so they run in parallel). A session submits its next frame as soon as its
+    current one is embedded, and decodes the current one meanwhile, so every frame is shown with its
+    own embedding, in order.
+    """
     live = Live(predictor, prompts, window, snapshot_dir)
-    frame, captured = frames.read(), frames.captured_at
-    if frame is None:
+    sessions = [predictor, *(Predictor(predictor.model) for _ in range(in_flight - 1))]
+    pending: deque[tuple[Predictor, np.ndarray, float, Callable[[], None]]] = deque()
+    for session in sessions[:max_frames]:
+        if not _submit(frames, session, pending):
+            break
+    if not pending:
         raise TinySamError(f"video source {frames.source!r} gave no frame")
     if record is not None:
-        live.writer = open_writer(record, (frame.shape[1], frame.shape[0]), frames.rate)
-    finish = predictor.set_image_async(frame)
+        shape = pending[0][1].shape
+        live.writer = open_writer(record, (shape[1], shape[0]), frames.rate)
+    submitted = len(pending)
     try:
         for index in range(max_frames):
             start = time.perf_counter()
-            finish()  # frame is now the current image
+            session, frame, captured, finish = pending.popleft()
+            finish()  # frame is now the session's current image
             waited = time.perf_counter()
-            nxt, nxt_captured = (frames.read(), frames.captured_at) if index + 1 < max_frames else (None, 0.0)
-            if nxt is not None:
-                finish = predictor.set_image_async(nxt)  # encodes while this frame is decoded and drawn
+            if submitted < max_frames and _submit(frames, session, pending):  # encodes while this frame is decoded and drawn
+                submitted += 1
+            live.predictor = session
             if not live.frame(index, frame, captured, start, waited, time.perf_counter()):
                 return live.timings
-            if nxt is None:
-                note = f"source ended after {index + 1} frames" if index + 1 < max_frames else f"stopped at --max-frames {max_frames}"
-                if index + 1 < max_frames:
+            if not pending:
+                ended = submitted < max_frames
+                note = f"source ended after {index + 1} frames" if ended else f"stopped at --max-frames {max_frames}"
+                if ended:
                     print(note, file=sys.stderr)
                 if window is not None:
                     live.hold(frame, note)
                 return live.timings
-            frame, captured = nxt, nxt_captured
     finally:
         if live.writer is not None:
             live.writer.release()
     return live.timings
+
+
+def _submit(frames: FrameSource, session: Predictor, pending: deque) -> bool:
+    """Read the next frame and start embedding it on ``session``; False when the source has ended."""
+    frame = frames.read()
+    if frame is None:
+        return False
+    pending.append((session, frame, frames.captured_at, session.set_image_async(frame)))
+    return True
 
 
 def write_timings(path: Path, predictor: Predictor, timings: list[dict]) -> None:
