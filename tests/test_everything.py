@@ -59,8 +59,11 @@ def parity_predictor(parity_model_dir):
     return Predictor(parity_model_dir)
 
 
-def test_hierarchical_matches_the_official_generator(parity_predictor, parity_dir):
+def test_hierarchical_matches_the_official_generator(parity_predictor, parity_dir, monkeypatch):
     """With NMS off the output is the official pre-NMS set; NMS on it gives the official final list."""
+    scored = []
+    scores = parity_predictor.decode_batch_scores
+    monkeypatch.setattr(parity_predictor, "decode_batch_scores", lambda *a, **k: scored.append(1) or scores(*a, **k))
     stages = json.loads((EVERYTHING / "stages.json").read_text())
     with gzip.open(EVERYTHING / "pre_nms.json.gz", "rt") as f:
         pre_nms = json.load(f)
@@ -77,6 +80,8 @@ def test_hierarchical_matches_the_official_generator(parity_predictor, parity_di
         "before_nms": stats["before_nms"],
     }
     assert got == {k: stages[k] for k in STAGE_KEYS}
+    # most stage-1 prompts passed pred_iou_thresh, so only stage 1's first batch is decoded IoU first
+    assert stats["stage1"]["prompts_passing"] > 0.4 * stats["stage1"]["prompts"] and len(scored) == 1
     assert stats["covered_flags"].tolist() == [c["covered"] for c in stages["stage2_candidates"]]
     _match(masks, pre_nms)
 

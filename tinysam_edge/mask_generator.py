@@ -128,7 +128,8 @@ class MaskGenerator:
 
         IoU first, while it pays: a batch's scores come without masks and only prompts with a token
         above ``pred_iou_thresh`` are decoded for their logits. Once more than ``IOU_FIRST_MAX_SHARE``
-        of the prompts so far had such a token, batches are decoded whole (same result, less work).
+        of the prompts so far on this image (earlier stages included) had such a token, batches are
+        decoded whole (same result, less work).
         With ``high_score_thresh``, also return the OR of (logits > it) over the kept masks.
         """
         h, w = self.predictor.original_size
@@ -143,10 +144,12 @@ class MaskGenerator:
             "masks_upscaled": 0,
         }
         seconds = self.stats["seconds"]
+        earlier = [c for c in self.stats.values() if isinstance(c, dict) and "prompts_passing" in c]  # stages before this one
+        seen_before, passing_before = sum(c["masks_decoded"] // 3 for c in earlier), sum(c["prompts_passing"] for c in earlier)
         with ThreadPoolExecutor(UPSCALE_THREADS, thread_name_prefix="tinysam-upscale") as pool:
             for batch in self._batches(points, stage):
                 start = time.perf_counter()
-                seen, passing = counts["masks_decoded"] // 3, counts["prompts_passing"]
+                seen, passing = seen_before + counts["masks_decoded"] // 3, passing_before + counts["prompts_passing"]
                 iou_first = self.settings.pred_iou_thresh > 0 and (seen == 0 or passing <= IOU_FIRST_MAX_SHARE * seen)
                 iou, low_res, batch_points = self._decode_batch(batch, iou_first)
                 seconds["decoder"] += time.perf_counter() - start
