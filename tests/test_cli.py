@@ -79,13 +79,8 @@ def test_segment_openvino_is_the_default(image_file, random_model_dir, tmp_path)
 
 
 def test_export_then_reuse_from_cache(image_file, random_checkpoint, tmp_path):
-    out_dir = tmp_path / "exported"
-    result = run_cli("export", "--checkpoint", random_checkpoint, "--out", out_dir)
-    assert result.returncode == 0, result.stderr
-    assert (out_dir / "manifest.json").is_file() and (out_dir / "decoder_static.xml").is_file()
-    assert_user_error(run_cli("export", "--checkpoint", random_checkpoint, "--out", out_dir), "not empty; pass --overwrite")
-
-    # a checkpoint (file or registry name) given to the OpenVINO backend is exported once into the cache
+    """A checkpoint (file or registry name) given to the OpenVINO backend is exported once into the cache.
+    (``export --out`` itself, and its refusal to fill a folder that is not empty: tests/test_overwrite.py.)"""
     first = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "80,60", "--out", tmp_path / "a.png")
     second = run_cli("segment", image_file, "--checkpoint", random_checkpoint, "--point", "80,60", "--out", tmp_path / "b.png")
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
