@@ -273,13 +273,13 @@ def run_load(
                 assert reply.status != 200 or [m["segmentation"] for m in reply.json()["masks"]] in expected[k]
             status = reply.status
             assert status != 503 or int(reply.headers["retry-after"]) >= 1
-        except OSError:
-            status = "error"
+        except OSError as exc:
+            status, reply = "error", exc
         with lock:
             load.statuses.append(status)
             if status == 200:
                 load.latencies.append(time.perf_counter() - start)
-        assert status in allowed, reply.body
+        assert status in allowed, getattr(reply, "body", reply)
         if polite and status == 503:
             time.sleep(int(reply.headers["retry-after"]))
         elif polite and status == "error":

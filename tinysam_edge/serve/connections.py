@@ -53,6 +53,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
+        self._refused = False
         address = self.client[0] if self.client else ""
         same = sum(1 for peer in self.peers.values() if peer == address)
         self.peers[self] = address
@@ -64,6 +65,8 @@ class GuardedH11Protocol(H11Protocol):
             self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:  # the request of a refused connection is read and dropped (see _refuse)
+            return
         super().data_received(data)
         if not self._waiting():
             self._disarm()
@@ -111,6 +114,16 @@ class GuardedH11Protocol(H11Protocol):
         return False
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
+        """Answer ``status`` and end the connection without resetting it.
+
+        Closing at once makes the kernel answer the request the client is still sending with a reset,
+        which can discard the unread answer: the client sees a connection error, not a 503 with
+        Retry-After. So the answer is followed by end-of-stream, what the client still sends is dropped,
+        and the socket closes when the client hangs up, or after at most a second.
+        """
         self.peers.pop(self, None)
+        self._refused = True
         self.transport.write(_raw_error(status, reason, message))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._deadline = self.loop.call_later(min(1.0, self.limits.header_timeout_s), self.transport.close)
