@@ -246,10 +246,10 @@ class Api:
         read) and takes one after its body arrived, held until ``admitted`` closes: an upload refused with 503 is
         never decoded, and one whose body is still arriving holds no place.
         """
-        self.intake.declared_size(request, limit)
+        need = self.intake.declared_size(request, limit)
         if admitted is not None:
             self.engine.check_free()
-        async with self.intake.body(request, limit) as body:
+        async with self.intake.body(request, need) as body:
             if admitted is not None:
                 await admitted.enter_async_context(self.engine.admission())
             return await self.intake.run(parse, body, *args)

@@ -40,9 +40,8 @@ class Intake:
         return need
 
     @contextlib.asynccontextmanager
-    async def body(self, request: Request, limit: int) -> AsyncIterator[bytearray]:
-        """The whole body (at most ``limit`` bytes, else 413), held under the budget until the block ends."""
-        need = self.declared_size(request, limit)
+    async def body(self, request: Request, need: int) -> AsyncIterator[bytearray]:
+        """The whole body (at most ``need`` bytes from ``declared_size``, else 413), held under the budget until the block ends."""
         if self.reserved + need > self.budget:
             raise ApiError(503, "server busy receiving other uploads; retry in about 2 s", {"Retry-After": "2"})
         self.reserved += need
